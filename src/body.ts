@@ -1,0 +1,129 @@
+/**
+ * Replaces the top-level `"model"` string of a JSON request body in its raw bytes, so everything
+ * else (key order, whitespace, number spelling, escapes, integers beyond 2^53) reaches the
+ * provider exactly as the client wrote it.
+ */
+
+const QUOTE = 0x22;
+const BACKSLASH = 0x5c;
+const OPEN_BRACE = 0x7b;
+const CLOSE_BRACE = 0x7d;
+const OPEN_BRACKET = 0x5b;
+const CLOSE_BRACKET = 0x5d;
+const COLON = 0x3a;
+const COMMA = 0x2c;
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/** A byte range `[start, end)` in the body. */
+interface Span {
+  start: number;
+  end: number;
+}
+
+function skipWhitespace(bytes: Uint8Array, i: number): number {
+  while (i < bytes.length) {
+    const b = bytes[i];
+    if (b !== 0x20 && b !== 0x09 && b !== 0x0a && b !== 0x0d) break;
+    i++;
+  }
+  return i;
+}
+
+/** Returns the index just past the closing quote of the string that starts at `i`. */
+function skipString(bytes: Uint8Array, i: number): number {
+  i++;
+  while (i < bytes.length) {
+    const b = bytes[i];
+    if (b === BACKSLASH) i += 2;
+    else if (b === QUOTE) return i + 1;
+    else i++;
+  }
+  return i;
+}
+
+/** Returns the index just past the JSON value that starts at `i`. */
+function skipValue(bytes: Uint8Array, i: number): number {
+  const first = bytes[i];
+  if (first === QUOTE) return skipString(bytes, i);
+  if (first !== OPEN_BRACE && first !== OPEN_BRACKET) {
+    while (i < bytes.length) {
+      const b = bytes[i];
+      if (b === COMMA || b === CLOSE_BRACE || b === CLOSE_BRACKET || b <= 0x20) break;
+      i++;
+    }
+    return i;
+  }
+  let depth = 0;
+  while (i < bytes.length) {
+    const b = bytes[i];
+    if (b === QUOTE) {
+      i = skipString(bytes, i);
+      continue;
+    }
+    if (b === OPEN_BRACE || b === OPEN_BRACKET) depth++;
+    else if (b === CLOSE_BRACE || b === CLOSE_BRACKET) {
+      depth--;
+      if (depth === 0) return i + 1;
+    }
+    i++;
+  }
+  return i;
+}
+
+/** True when the key string at `span` (quotes included) means `model`, escapes and all. */
+function isModelKey(bytes: Uint8Array, span: Span): boolean {
+  const raw = bytes.subarray(span.start, span.end);
+  if (raw.indexOf(BACKSLASH) === -1) return raw.length === 7 && decoder.decode(raw) === '"model"';
+  return JSON.parse(decoder.decode(raw)) === "model";
+}
+
+/**
+ * Finds the value spans of every top-level `"model"` key whose value is a string. The body must
+ * already be known to be a valid JSON object (the caller parsed a copy). With duplicate keys every
+ * occurrence is returned, so the provider sees the new name whichever one its parser keeps.
+ */
+export function findModelSpans(bytes: Uint8Array): Span[] {
+  const spans: Span[] = [];
+  let i = skipWhitespace(bytes, 0);
+  if (bytes[i] !== OPEN_BRACE) return spans;
+  i++;
+  while (i < bytes.length) {
+    i = skipWhitespace(bytes, i);
+    if (bytes[i] === CLOSE_BRACE || bytes[i] !== QUOTE) break;
+    const key: Span = { start: i, end: skipString(bytes, i) };
+    i = skipWhitespace(bytes, key.end);
+    if (bytes[i] !== COLON) break;
+    i = skipWhitespace(bytes, i + 1);
+    const value: Span = { start: i, end: skipValue(bytes, i) };
+    if (bytes[value.start] === QUOTE && isModelKey(bytes, key)) spans.push(value);
+    i = skipWhitespace(bytes, value.end);
+    if (bytes[i] !== COMMA) break;
+    i++;
+  }
+  return spans;
+}
+
+/** Returns the body with every top-level `"model"` string value replaced by `model`. */
+export function spliceModel(
+  bytes: Uint8Array<ArrayBuffer>,
+  model: string,
+): Uint8Array<ArrayBuffer> {
+  const spans = findModelSpans(bytes);
+  if (spans.length === 0) return bytes;
+  const replacement = encoder.encode(JSON.stringify(model));
+  const removed = spans.reduce((sum, span) => sum + span.end - span.start, 0);
+  const out = new Uint8Array(bytes.length - removed + spans.length * replacement.length);
+  let from = 0;
+  let to = 0;
+  for (const span of spans) {
+    out.set(bytes.subarray(from, span.start), to);
+    to += span.start - from;
+    out.set(replacement, to);
+    to += replacement.length;
+    from = span.end;
+  }
+  out.set(bytes.subarray(from), to);
+  return out;
+}

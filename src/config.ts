@@ -1,0 +1,212 @@
+/**
+ * Router config: one zod schema over JSON whose `${NAME}` references are resolved
+ * first, so secrets can stay in the environment instead of the file.
+ */
+import { z } from "zod";
+
+/** The variable that carries the JSON config text when no `--config` path is given. */
+export const CONFIG_ENV_VAR = "LLM_ROUTER_CONFIG";
+
+/** Injected instead of `Deno.env.get` so parsing stays pure and testable. */
+export type EnvLookup = (name: string) => string | undefined;
+
+const DEFAULT_BASE_URLS = {
+  openai: "https://api.openai.com/v1",
+  anthropic: "https://api.anthropic.com",
+} as const;
+
+const providerSchema = z.strictObject({
+  name: z.string().min(1),
+  type: z.enum(["openai", "anthropic"]),
+  api_key: z.string().optional(),
+  base_url: z.url({ protocol: /^https?$/ }).optional(),
+  priority: z.int().default(1),
+  models: z.array(z.string().min(1)).optional(),
+  timeout_ms: z.int().positive().default(60_000),
+}).transform((p) => ({
+  ...p,
+  base_url: (p.base_url ?? DEFAULT_BASE_URLS[p.type]).replace(/\/+$/, ""),
+}));
+
+/** A bare string keeps the router's provider order; an object pins one provider. */
+const mappingTargetSchema = z.union([
+  z.string().min(1),
+  z.strictObject({ provider: z.string().min(1), model: z.string().min(1).optional() })
+    .transform((t) => ({ provider: t.provider, model: t.model ?? null })),
+]);
+
+// New top-level sections (logging, limits...) go here as their own schemas with defaults.
+const configSchema = z.strictObject({
+  model_mapping: z.record(z.string(), z.array(mappingTargetSchema).min(1)).default({}),
+  providers: z.array(providerSchema).min(1),
+}).superRefine((config, ctx) => {
+  const names = new Set<string>();
+  const fail = (path: PropertyKey[], message: string) =>
+    ctx.addIssue({ code: "custom", path, message });
+  config.providers.forEach(({ name }, i) => {
+    if (names.has(name)) fail(["providers", i, "name"], `Duplicate provider name "${name}"`);
+    names.add(name);
+  });
+  for (const [model, targets] of Object.entries(config.model_mapping)) {
+    targets.forEach((t, i) => {
+      if (typeof t === "string" || names.has(t.provider)) return;
+      fail(["model_mapping", model, i, "provider"], `Unknown provider "${t.provider}"`);
+    });
+  }
+});
+
+/** The validated config with every default filled in: the only shape the app sees. */
+export type Config = z.output<typeof configSchema>;
+/** One upstream, with `base_url`, `priority` and `timeout_ms` always present. */
+export type ProviderConfig = Config["providers"][number];
+/** A `model: null` object target means "send the client's model name unchanged". */
+export type MappingTarget = Config["model_mapping"][string][number];
+
+/** Carries every problem found, one per line, so a user can fix a config in one pass. */
+export class ConfigError extends Error {
+  readonly problems: readonly string[];
+
+  constructor(problems: string | readonly string[], options?: ErrorOptions) {
+    const list = typeof problems === "string" ? [problems] : problems;
+    super(list.join("\n"), options);
+    this.name = "ConfigError";
+    this.problems = list;
+  }
+}
+
+type Path = readonly PropertyKey[];
+/** `path` is already formatted for the user, e.g. `providers[0].api_key`. */
+type Problem = { path: string; message: string };
+
+/** Pure so tests and `deploy.ts` can validate config text without touching disk or env. */
+export function parseConfig(text: string, env: EnvLookup): Config {
+  const problems: Problem[] = [];
+  const resolved = substituteEnv(parseJson(text), { env, path: [], problems });
+  const result = configSchema.safeParse(resolved, { error: issueMessage });
+  if (result.success && problems.length === 0) return result.data;
+  // A value with an unset variable would only produce a second, misleading error.
+  const unresolved = new Set(problems.map((p) => p.path));
+  const schemaProblems = result.success ? [] : flattenIssues(result.error.issues, []);
+  problems.push(...schemaProblems.filter((p) => !unresolved.has(p.path)));
+  throw new ConfigError([...new Set(problems.map((p) => `${p.path}: ${p.message}`))]);
+}
+
+function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new ConfigError(`Config is not valid JSON: ${errorText(err)}`, { cause: err });
+  }
+}
+
+/** The one place config I/O happens, so `main.ts` and `deploy.ts` agree on precedence. */
+export async function loadConfig(opts: { path?: string; env: EnvLookup }): Promise<Config> {
+  const { path, env } = opts;
+  if (path === undefined) {
+    const text = env(CONFIG_ENV_VAR);
+    if (!text?.trim()) {
+      throw new ConfigError(`No config: pass --config PATH or set ${CONFIG_ENV_VAR}`);
+    }
+    return parseConfig(text, env);
+  }
+  const text = await Deno.readTextFile(path).catch((err: unknown) => {
+    throw new ConfigError(`Cannot read config file "${path}": ${errorText(err)}`, { cause: err });
+  });
+  return parseConfig(text, env);
+}
+
+// `$${` escapes a literal `${`; otherwise `${NAME}` is a reference.
+const ENV_REF = /\$\$\{|\$\{([^}]*)\}/g;
+
+function substituteEnv(
+  value: unknown,
+  ctx: { env: EnvLookup; path: Path; problems: Problem[] },
+): unknown {
+  const { env, path, problems } = ctx;
+  if (typeof value === "string") {
+    return value.replace(ENV_REF, (match, name: string | undefined) => {
+      if (name === undefined) return "${";
+      const found = env(name);
+      if (found !== undefined) return found;
+      problems.push({ path: formatPath(path), message: `Environment variable ${name} is not set` });
+      return match;
+    });
+  }
+  if (Array.isArray(value)) {
+    return value.map((item, i) => substituteEnv(item, { ...ctx, path: [...path, i] }));
+  }
+  if (value !== null && typeof value === "object") {
+    return Object.fromEntries(
+      Object.entries(value).map(([k, v]) => [k, substituteEnv(v, { ...ctx, path: [...path, k] })]),
+    );
+  }
+  return value;
+}
+
+/** Per-parse error map: zod's default messages don't name the value received. */
+function issueMessage(issue: z.core.$ZodRawIssue): string | undefined {
+  const { code, input } = issue;
+  if (input === undefined && (code === "invalid_type" || code === "invalid_value")) {
+    return "Missing required field";
+  }
+  if (code === "too_small" && issue.origin !== "number") {
+    return issue.minimum === 1 ? "Must not be empty" : undefined;
+  }
+  const expected = expectation(issue);
+  return expected && `Expected ${expected}, received ${describe(input)}`;
+}
+
+function expectation(issue: z.core.$ZodRawIssue): string | undefined {
+  switch (issue.code) {
+    case "invalid_type":
+      return issue.inst instanceof z.ZodNumber && issue.inst.isInt ? "integer" : issue.expected;
+    case "invalid_value":
+      return `one of ${issue.values.map((v) => JSON.stringify(v)).join(", ")}`;
+    case "too_small":
+      return `a number ${issue.inclusive ? ">=" : ">"} ${issue.minimum}`;
+    case "invalid_format":
+      return issue.format === "url" ? "an http(s) URL" : undefined;
+    case "invalid_union":
+      return issue.errors.flat().flatMap((i) =>
+        i.code === "invalid_type" && i.path.length === 0 ? [i.expected] : []
+      ).join(" or ") || undefined;
+  }
+  return undefined;
+}
+
+function flattenIssues(issues: readonly z.core.$ZodIssue[], prefix: Path): Problem[] {
+  return issues.flatMap((issue): Problem[] => {
+    const path = [...prefix, ...issue.path];
+    const at = formatPath(path);
+    if (issue.code === "unrecognized_keys") {
+      return issue.keys.map((key) => ({ path: at, message: `Unrecognized key "${key}"` }));
+    }
+    if (issue.code === "invalid_union") {
+      // Report the branch the value was shaped like, not "no branch matched".
+      const shaped = issue.errors.filter((branch) =>
+        !branch.every((i) => i.code === "invalid_type" && i.path.length === 0)
+      );
+      if (shaped.length === 1) return flattenIssues(shaped[0], path);
+    }
+    return [{ path: at, message: issue.message }];
+  });
+}
+
+function formatPath(path: Path): string {
+  if (path.length === 0) return "config";
+  return path.map((key, i) => {
+    if (typeof key === "number") return `[${key}]`;
+    const name = String(key);
+    if (!/^[\w-]+$/.test(name)) return `[${JSON.stringify(name)}]`;
+    return i === 0 ? name : `.${name}`;
+  }).join("");
+}
+
+function describe(value: unknown): string {
+  if (value === undefined) return "nothing";
+  if (typeof value === "object" && value !== null) return Array.isArray(value) ? "array" : "object";
+  const text = JSON.stringify(value);
+  return text.length > 60 ? `${text.slice(0, 57)}..."` : text;
+}
+
+const errorText = (err: unknown) => err instanceof Error ? err.message : String(err);

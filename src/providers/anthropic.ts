@@ -1,0 +1,129 @@
+import type { EventSourceMessage } from "eventsource-parser";
+import { asObject, type JsonObject, tryParseJson } from "../json.ts";
+import type { Dialect, EventRole, StreamAssembler } from "./mod.ts";
+
+const OUTPUT_EVENTS = new Set(["content_block_delta", "message_delta", "message_stop"]);
+
+/** Copies the fields of `from` that carry a value; Anthropic's stream usage is cumulative. */
+function mergeDefined(into: JsonObject, from: JsonObject): void {
+  for (const [key, value] of Object.entries(from)) {
+    if (value !== null && value !== undefined) into[key] = value;
+  }
+}
+
+/** Rebuilds a `message` object from Messages API stream events. */
+class MessageStreamAssembler implements StreamAssembler {
+  complete = false;
+  usage: JsonObject | null = null;
+  #message: JsonObject | null = null;
+  #blocks: JsonObject[] = [];
+  #partialJson = new Map<number, string>();
+
+  add(event: EventSourceMessage): EventRole {
+    const data = asObject(tryParseJson(event.data));
+    const type = data?.type ?? event.event;
+    if (type === "error") return "error";
+    if (data === null) return "hold";
+    switch (type) {
+      case "message_start": {
+        this.#message = { ...asObject(data.message) };
+        const usage = asObject(this.#message.usage);
+        if (usage !== null) this.usage = { ...usage };
+        break;
+      }
+      case "content_block_start":
+        this.#blocks[Number(data.index)] = { ...asObject(data.content_block) };
+        break;
+      case "content_block_delta":
+        this.#applyDelta(Number(data.index), asObject(data.delta) ?? {});
+        break;
+      case "content_block_stop":
+        this.#finishBlock(Number(data.index));
+        break;
+      case "message_delta": {
+        this.#message ??= {};
+        mergeDefined(this.#message, asObject(data.delta) ?? {});
+        const usage = asObject(data.usage);
+        if (usage !== null) mergeDefined(this.usage ??= {}, usage);
+        break;
+      }
+      case "message_stop":
+        this.complete = true;
+        break;
+    }
+    return OUTPUT_EVENTS.has(String(type)) ? "output" : "hold";
+  }
+
+  #applyDelta(index: number, delta: JsonObject): void {
+    const block = this.#blocks[index] ??= {};
+    switch (delta.type) {
+      case "text_delta":
+        block.text = String(block.text ?? "") + String(delta.text ?? "");
+        break;
+      case "thinking_delta":
+        block.thinking = String(block.thinking ?? "") + String(delta.thinking ?? "");
+        break;
+      case "signature_delta":
+        block.signature = delta.signature;
+        break;
+      case "input_json_delta":
+        this.#partialJson.set(
+          index,
+          (this.#partialJson.get(index) ?? "") + String(delta.partial_json ?? ""),
+        );
+        break;
+      case "citations_delta":
+        block.citations = [
+          ...(Array.isArray(block.citations) ? block.citations : []),
+          delta.citation,
+        ];
+        break;
+    }
+  }
+
+  #finishBlock(index: number): void {
+    const json = this.#partialJson.get(index);
+    if (json === undefined) return;
+    this.#partialJson.delete(index);
+    const input = json === "" ? {} : tryParseJson(json);
+    this.#blocks[index].input = input === undefined ? json : input;
+  }
+
+  response(): JsonObject | null {
+    if (this.#message === null) return null;
+    for (const index of [...this.#partialJson.keys()]) this.#finishBlock(index);
+    return { ...this.#message, content: this.#blocks.filter(Boolean), usage: this.usage };
+  }
+}
+
+const ERROR_TYPES: Record<number, string> = {
+  400: "invalid_request_error",
+  401: "authentication_error",
+  403: "permission_error",
+  404: "not_found_error",
+  413: "request_too_large",
+  429: "rate_limit_error",
+  504: "timeout_error",
+  529: "overloaded_error",
+};
+
+/** Anthropic's Messages API: `x-api-key` auth, versioned by header, named stream events. */
+export const anthropic: Dialect = {
+  type: "anthropic",
+  prepareHeaders(headers, apiKey) {
+    if (apiKey !== undefined) headers.set("x-api-key", apiKey);
+    if (!headers.has("anthropic-version")) headers.set("anthropic-version", "2023-06-01");
+  },
+  errorBody(status, message) {
+    const type = ERROR_TYPES[status] ?? (status >= 500 ? "api_error" : "invalid_request_error");
+    return { type: "error", error: { type, message } };
+  },
+  streamErrorEvent(message) {
+    const body = { type: "error", error: { type: "api_error", message } };
+    return `event: error\ndata: ${JSON.stringify(body)}\n\n`;
+  },
+  usageOf(body) {
+    return asObject(asObject(body)?.usage);
+  },
+  newAssembler: () => new MessageStreamAssembler(),
+};

@@ -1,0 +1,41 @@
+import type { EventSourceMessage } from "eventsource-parser";
+import { anthropic } from "./anthropic.ts";
+import { openai } from "./openai.ts";
+import type { JsonObject } from "../json.ts";
+
+/** The two wire formats the router speaks; a provider and an endpoint each have one. */
+export type ApiType = "openai" | "anthropic";
+
+/**
+ * How one stream event bears on the commit decision: `output` is model output (the router may
+ * commit to this provider), `error` is the API's own error event, `hold` is anything else.
+ */
+export type EventRole = "hold" | "output" | "error";
+
+/** Per-stream state that rebuilds the final response object from a stream's events. */
+export interface StreamAssembler {
+  /** Folds one event in and says what it means for the commit decision. */
+  add(event: EventSourceMessage): EventRole;
+  /** True once the stream's own end marker (`[DONE]`, `message_stop`) arrived. */
+  readonly complete: boolean;
+  /** The API's usage object as sent (merged across events), or null when none came. */
+  readonly usage: JsonObject | null;
+  /** The reassembled response, shaped like the API's non-streaming answer. */
+  response(): JsonObject | null;
+}
+
+/** Everything the rest of the router needs to know about one API; nothing else asks the type. */
+export interface Dialect {
+  readonly type: ApiType;
+  /** Sets what a forwarded request needs: the provider's key (never the client's), defaults. */
+  prepareHeaders(headers: Headers, apiKey: string | undefined): void;
+  /** The router's own error body for `status`, in the format this API's clients parse. */
+  errorBody(status: number, message: string, code: string): JsonObject;
+  /** One SSE event that ends a committed stream with an error the official clients raise. */
+  streamErrorEvent(message: string): string;
+  /** Usage from a non-streaming response body. */
+  usageOf(body: unknown): JsonObject | null;
+  newAssembler(): StreamAssembler;
+}
+
+export const dialects: Record<ApiType, Dialect> = { openai, anthropic };

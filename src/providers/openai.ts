@@ -1,0 +1,129 @@
+import type { EventSourceMessage } from "eventsource-parser";
+import { asObject, type JsonObject, tryParseJson } from "../json.ts";
+import type { Dialect, EventRole, StreamAssembler } from "./mod.ts";
+
+interface ToolCall {
+  id?: string;
+  type: string;
+  function: { name: string; arguments: string };
+}
+
+interface Choice {
+  index: number;
+  message: {
+    role: string;
+    content: string | null;
+    refusal: string | null;
+    tool_calls?: ToolCall[];
+  };
+  finish_reason: string | null;
+}
+
+function nonEmpty(value: unknown): boolean {
+  return typeof value === "string" ? value.length > 0 : value !== undefined && value !== null;
+}
+
+/** Rebuilds a `chat.completion` object from `chat.completion.chunk` events. */
+class ChatStreamAssembler implements StreamAssembler {
+  complete = false;
+  usage: JsonObject | null = null;
+  #head: JsonObject | null = null;
+  #choices = new Map<number, Choice>();
+
+  add(event: EventSourceMessage): EventRole {
+    if (event.data === "[DONE]") {
+      this.complete = true;
+      return "output";
+    }
+    const chunk = asObject(tryParseJson(event.data));
+    if (chunk === null) return "hold";
+    if (chunk.error !== undefined) return "error";
+    this.#head ??= chunk;
+    const usage = asObject(chunk.usage);
+    if (usage !== null) this.usage = usage;
+    let output = usage !== null;
+    for (const raw of Array.isArray(chunk.choices) ? chunk.choices : []) {
+      const choice = asObject(raw);
+      if (choice === null) continue;
+      const delta = asObject(choice.delta) ?? {};
+      output ||= nonEmpty(delta.content) || nonEmpty(delta.tool_calls) ||
+        nonEmpty(delta.refusal) || nonEmpty(choice.finish_reason);
+      this.#fold(choice, delta);
+    }
+    return output ? "output" : "hold";
+  }
+
+  #fold(choice: JsonObject, delta: JsonObject): void {
+    const index = typeof choice.index === "number" ? choice.index : 0;
+    let state = this.#choices.get(index);
+    if (state === undefined) {
+      state = {
+        index,
+        message: { role: "assistant", content: null, refusal: null },
+        finish_reason: null,
+      };
+      this.#choices.set(index, state);
+    }
+    const message = state.message;
+    if (typeof delta.role === "string") message.role = delta.role;
+    if (typeof delta.content === "string") {
+      message.content = (message.content ?? "") + delta.content;
+    }
+    if (typeof delta.refusal === "string") {
+      message.refusal = (message.refusal ?? "") + delta.refusal;
+    }
+    if (typeof choice.finish_reason === "string") state.finish_reason = choice.finish_reason;
+    if (!Array.isArray(delta.tool_calls)) return;
+    message.tool_calls ??= [];
+    for (const raw of delta.tool_calls) {
+      const part = asObject(raw);
+      if (part === null) continue;
+      const at = typeof part.index === "number" ? part.index : message.tool_calls.length;
+      const call = message.tool_calls[at] ??= {
+        type: "function",
+        function: { name: "", arguments: "" },
+      };
+      if (typeof part.id === "string") call.id = part.id;
+      if (typeof part.type === "string") call.type = part.type;
+      const fn = asObject(part.function);
+      if (typeof fn?.name === "string") call.function.name += fn.name;
+      if (typeof fn?.arguments === "string") call.function.arguments += fn.arguments;
+    }
+  }
+
+  response(): JsonObject | null {
+    if (this.#head === null) return null;
+    const { id, created, model, system_fingerprint, service_tier } = this.#head;
+    const choices = [...this.#choices.values()].sort((a, b) => a.index - b.index);
+    return {
+      id,
+      object: "chat.completion",
+      created,
+      model,
+      ...(service_tier === undefined ? {} : { service_tier }),
+      ...(system_fingerprint === undefined ? {} : { system_fingerprint }),
+      choices,
+      usage: this.usage,
+    };
+  }
+}
+
+/** OpenAI's chat completions API: bearer auth, `{"error": {...}}` bodies, `data:`-only streams. */
+export const openai: Dialect = {
+  type: "openai",
+  prepareHeaders(headers, apiKey) {
+    if (apiKey !== undefined) headers.set("authorization", `Bearer ${apiKey}`);
+  },
+  errorBody(status, message, code) {
+    const type = status >= 500 ? "upstream_error" : "invalid_request_error";
+    return { error: { message, type, param: null, code } };
+  },
+  streamErrorEvent(message) {
+    const body = { error: { message, type: "upstream_error", code: "stream_interrupted" } };
+    return `data: ${JSON.stringify(body)}\n\n`;
+  },
+  usageOf(body) {
+    return asObject(asObject(body)?.usage);
+  },
+  newAssembler: () => new ChatStreamAssembler(),
+};

@@ -1,0 +1,245 @@
+import type { AttemptError } from "./attempt.ts";
+import { asObject, type JsonObject, tryParseJson } from "./json.ts";
+import type { Dialect, EventRole, StreamAssembler } from "./providers/mod.ts";
+import { type Framed, SseEventReader, SseFramer } from "./sse.ts";
+
+/** Events held before commit, at most; past it the router commits and sends them. */
+export const HOLD_LIMIT_BYTES = 64 * 1024;
+
+/** What the tap learned from a body that has ended, for the log record. */
+export interface RelayEnd {
+  /** Null when the body ended as the API says it should. */
+  error: AttemptError | null;
+  message: string | null;
+  usage: JsonObject | null;
+  response: unknown;
+  streamEvents: number | null;
+  streamComplete: boolean | null;
+}
+
+/** Callbacks the router gives a relay for the client-facing part of its life. */
+export interface RelayHooks {
+  onFirstByte(): void;
+  /** Names what a failed upstream read ran into (timeout, client gone, broken connection). */
+  failureKind(): AttemptError;
+  onEnd(end: RelayEnd): void;
+}
+
+/** How a stream's reading ahead before commit came out. */
+export type CommitVerdict = "commit" | "error_event" | "stream_interrupted";
+
+const encoder = new TextEncoder();
+
+/**
+ * Relays an SSE body: reads it in whole events, holds them until the router commits, then passes
+ * the provider's bytes through unchanged while the dialect's assembler reads a copy.
+ */
+export class SseRelay {
+  #reader: ReadableStreamDefaultReader<Uint8Array>;
+  #dialect: Dialect;
+  #assembler: StreamAssembler;
+  #framer = new SseFramer();
+  #events = new SseEventReader();
+  #ready: Uint8Array[] = [];
+  #readyBytes = 0;
+  #count = 0;
+  #sawOutput = false;
+  #errorMessage: string | null = null;
+  /** Called once, at the first event that carries model output. */
+  onFirstOutput: () => void = () => {};
+
+  constructor(body: ReadableStream<Uint8Array>, dialect: Dialect) {
+    this.#reader = body.getReader();
+    this.#dialect = dialect;
+    this.#assembler = dialect.newAssembler();
+  }
+
+  /** Reads ahead until an event decides the commit. A failed read throws. */
+  async awaitCommit(): Promise<CommitVerdict> {
+    for (;;) {
+      const { done, value } = await this.#reader.read();
+      if (done) return "stream_interrupted";
+      const role = this.#ingest(this.#framer.push(value));
+      if (role === "output") return "commit";
+      if (role === "error") return "error_event";
+      if (this.#readyBytes > HOLD_LIMIT_BYTES) return "commit";
+    }
+  }
+
+  /** Gives up on this stream: frees the upstream connection. */
+  async discard(): Promise<void> {
+    await this.#reader.cancel().catch(() => {});
+  }
+
+  /** The client's body: held events first, then the rest of the stream as it arrives. */
+  clientStream(hooks: RelayHooks): ReadableStream<Uint8Array> {
+    return new ReadableStream<Uint8Array>({
+      pull: async (controller) => {
+        for (;;) {
+          if (this.#ready.length > 0) {
+            for (const bytes of this.#ready) controller.enqueue(bytes);
+            this.#ready = [];
+            this.#readyBytes = 0;
+            hooks.onFirstByte();
+            return;
+          }
+          let result: ReadableStreamReadResult<Uint8Array>;
+          try {
+            result = await this.#reader.read();
+          } catch (error) {
+            this.#endWithError(controller, hooks, hooks.failureKind(), String(error));
+            return;
+          }
+          if (result.done) {
+            this.#endOfStream(controller, hooks);
+            return;
+          }
+          this.#ingest(this.#framer.push(result.value));
+        }
+      },
+      cancel: async () => {
+        hooks.onEnd(this.#summary("client_aborted", "Client closed the connection"));
+        await this.#reader.cancel().catch(() => {});
+      },
+    });
+  }
+
+  /** Queues framed bytes and folds their events in; returns the first decisive role among them. */
+  #ingest(framed: Framed | null): EventRole {
+    if (framed === null) return "hold";
+    this.#ready.push(framed.bytes);
+    this.#readyBytes += framed.bytes.length;
+    let decisive: EventRole = "hold";
+    let from = 0;
+    for (const end of framed.ends) {
+      for (const event of this.#events.read(framed.bytes.subarray(from, end))) {
+        const role = this.#fold(event.data, this.#assembler.add(event));
+        if (decisive === "hold") decisive = role;
+      }
+      from = end;
+    }
+    return decisive;
+  }
+
+  #fold(data: string, role: EventRole): EventRole {
+    this.#count++;
+    if (role === "output" && !this.#sawOutput) {
+      this.#sawOutput = true;
+      this.onFirstOutput();
+    }
+    if (role === "error") this.#errorMessage ??= errorMessageOf(data);
+    return role;
+  }
+
+  #endOfStream(controller: ReadableStreamDefaultController<Uint8Array>, hooks: RelayHooks): void {
+    const rest = this.#framer.flush();
+    if (rest !== null) {
+      controller.enqueue(rest);
+      hooks.onFirstByte();
+      for (const event of this.#events.readLast(rest)) {
+        this.#fold(event.data, this.#assembler.add(event));
+      }
+    }
+    if (this.#assembler.complete || this.#errorMessage !== null) {
+      controller.close();
+      const error = this.#errorMessage === null ? null : "error_event";
+      hooks.onEnd(this.#summary(error, this.#errorMessage));
+      return;
+    }
+    const message = "Upstream stream ended before its end marker";
+    this.#endWithError(controller, hooks, "stream_interrupted", message);
+  }
+
+  /** Ends the client's stream with one error event in the API's format, on a fresh boundary. */
+  #endWithError(
+    controller: ReadableStreamDefaultController<Uint8Array>,
+    hooks: RelayHooks,
+    kind: AttemptError,
+    message: string,
+  ): void {
+    if (kind !== "client_aborted" && this.#errorMessage === null) {
+      controller.enqueue(encoder.encode(this.#dialect.streamErrorEvent(message)));
+      hooks.onFirstByte();
+    }
+    controller.close();
+    hooks.onEnd(this.#summary(kind, message));
+  }
+
+  #summary(error: AttemptError | null, message: string | null): RelayEnd {
+    return {
+      error,
+      message,
+      usage: this.#assembler.usage,
+      response: this.#assembler.response(),
+      streamEvents: this.#count,
+      streamComplete: this.#assembler.complete,
+    };
+  }
+}
+
+function errorMessageOf(data: string): string {
+  const error = asObject(asObject(tryParseJson(data))?.error);
+  return typeof error?.message === "string" ? error.message : data;
+}
+
+const decoder = new TextDecoder();
+
+/**
+ * Relays a non-SSE body chunk by chunk as it arrives, keeping a copy so the record gets the
+ * response and its usage once the body has ended.
+ */
+export function relayPlainBody(
+  body: ReadableStream<Uint8Array>,
+  dialect: Dialect,
+  hooks: RelayHooks,
+): ReadableStream<Uint8Array> {
+  const reader = body.getReader();
+  const kept: Uint8Array[] = [];
+  const summary = (error: AttemptError | null, message: string | null): RelayEnd => {
+    const text = decoder.decode(concatBytes(kept));
+    const parsed = tryParseJson(text);
+    return {
+      error,
+      message,
+      usage: dialect.usageOf(parsed),
+      response: parsed === undefined ? text : parsed,
+      streamEvents: null,
+      streamComplete: null,
+    };
+  };
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      let result: ReadableStreamReadResult<Uint8Array>;
+      try {
+        result = await reader.read();
+      } catch (error) {
+        hooks.onEnd(summary(hooks.failureKind(), String(error)));
+        controller.error(error);
+        return;
+      }
+      if (result.done) {
+        controller.close();
+        hooks.onEnd(summary(null, null));
+        return;
+      }
+      kept.push(result.value);
+      controller.enqueue(result.value);
+      hooks.onFirstByte();
+    },
+    async cancel() {
+      hooks.onEnd(summary("client_aborted", "Client closed the connection"));
+      await reader.cancel().catch(() => {});
+    },
+  });
+}
+
+function concatBytes(parts: Uint8Array[]): Uint8Array {
+  if (parts.length === 1) return parts[0];
+  const out = new Uint8Array(parts.reduce((sum, part) => sum + part.length, 0));
+  let at = 0;
+  for (const part of parts) {
+    out.set(part, at);
+    at += part.length;
+  }
+  return out;
+}
