@@ -2,10 +2,9 @@
  * The router as a process: flags and config in, a listening server out, and a clean exit on
  * SIGINT/SIGTERM once in-flight requests have finished and every log line is written.
  */
-import { createHandler } from "./src/app.ts";
 import { CliError, parseCli } from "./src/cli.ts";
 import { ConfigError, loadConfig } from "./src/config.ts";
-import { RotatingJsonLinesFile } from "./src/log.ts";
+import { startServer } from "./src/server.ts";
 
 const EXIT_USAGE = 2;
 
@@ -34,36 +33,29 @@ async function main(): Promise<number> {
     console.error(`Invalid config:\n${error.message}`);
     return EXIT_USAGE;
   }
-  const sink = new RotatingJsonLinesFile(
-    cli.logDir,
-    { maxBytes: 50 * 1024 * 1024, maxFiles: 10 },
-    (message) => operational("error", message),
-  );
-  const handler = createHandler(config, { sink });
-  const server = Deno.serve({
-    hostname: cli.host,
+  const server = startServer(config, {
+    host: cli.host,
     port: cli.port,
-    onListen: ({ hostname, port }) => {
-      const host = hostname.includes(":") ? `[${hostname}]` : hostname;
-      console.log(`listening on http://${host}:${port}`);
-    },
-  }, handler);
+    logDir: cli.logDir,
+    onListen: (url) => console.log(`listening on ${url}`),
+    onWarning: (message) => operational("error", message),
+  });
 
-  const stopped = Promise.withResolvers<void>();
-  let stopping = false;
-  const stop = (signal: Deno.Signal) => {
-    if (stopping) Deno.exit(1);
-    stopping = true;
-    operational("info", "Shutting down: finishing in-flight requests", { signal });
-    stopped.resolve();
-  };
+  const stopping = Promise.withResolvers<Deno.Signal>();
+  let signalled = false;
   const signals: Deno.Signal[] = Deno.build.os === "windows"
     ? ["SIGINT", "SIGBREAK"]
     : ["SIGINT", "SIGTERM"];
-  for (const signal of signals) Deno.addSignalListener(signal, () => stop(signal));
-  await stopped.promise;
-  await server.shutdown();
-  await sink.close();
+  for (const signal of signals) {
+    Deno.addSignalListener(signal, () => {
+      if (signalled) Deno.exit(1);
+      signalled = true;
+      stopping.resolve(signal);
+    });
+  }
+  const signal = await stopping.promise;
+  operational("info", "Shutting down: finishing in-flight requests", { signal });
+  await server.stop();
   operational("info", "Stopped");
   return 0;
 }
