@@ -86,7 +86,8 @@ function isModelKey(bytes: Uint8Array, span: Span): boolean {
  */
 export function findModelSpans(bytes: Uint8Array): Span[] {
   const spans: Span[] = [];
-  let i = skipWhitespace(bytes, 0);
+  const bom = bytes[0] === 0xef && bytes[1] === 0xbb && bytes[2] === 0xbf ? 3 : 0;
+  let i = skipWhitespace(bytes, bom);
   if (bytes[i] !== OPEN_BRACE) return spans;
   i++;
   while (i < bytes.length) {

@@ -58,7 +58,7 @@ export class SseRelay {
   async awaitCommit(): Promise<CommitVerdict> {
     for (;;) {
       const { done, value } = await this.#reader.read();
-      if (done) return "stream_interrupted";
+      if (done) return this.#ingestRest() === "output" ? "commit" : "stream_interrupted";
       const role = this.#ingest(this.#framer.push(value));
       if (role === "output") return "commit";
       if (role === "error") return "error_event";
@@ -131,14 +131,33 @@ export class SseRelay {
     return role;
   }
 
-  #endOfStream(controller: ReadableStreamDefaultController<Uint8Array>, hooks: RelayHooks): void {
+  /**
+   * Folds in an event that ended at end of stream without its blank line. It is queued for the
+   * client only if it completes the stream: a cut-off tail followed by the router's error event
+   * would put that event mid-line.
+   */
+  #ingestRest(): EventRole {
     const rest = this.#framer.flush();
-    if (rest !== null) {
-      controller.enqueue(rest);
+    if (rest === null) return "hold";
+    let decisive: EventRole = "hold";
+    for (const event of this.#events.readLast(rest)) {
+      const role = this.#fold(event.data, this.#assembler.add(event));
+      if (decisive === "hold") decisive = role;
+    }
+    if (this.#assembler.complete || this.#errorMessage !== null) {
+      this.#ready.push(rest);
+      this.#readyBytes += rest.length;
+    }
+    return decisive;
+  }
+
+  #endOfStream(controller: ReadableStreamDefaultController<Uint8Array>, hooks: RelayHooks): void {
+    this.#ingestRest();
+    if (this.#ready.length > 0) {
+      for (const bytes of this.#ready) controller.enqueue(bytes);
+      this.#ready = [];
+      this.#readyBytes = 0;
       hooks.onFirstByte();
-      for (const event of this.#events.readLast(rest)) {
-        this.#fold(event.data, this.#assembler.add(event));
-      }
     }
     if (this.#assembler.complete || this.#errorMessage !== null) {
       controller.close();

@@ -38,7 +38,8 @@ class ChatStreamAssembler implements StreamAssembler {
     const chunk = asObject(tryParseJson(event.data));
     if (chunk === null) return "hold";
     if (chunk.error !== undefined) return "error";
-    this.#head ??= chunk;
+    // Azure's first chunk can be a content-filter note with an empty id and model.
+    if (this.#head === null || (!this.#head.id && chunk.id)) this.#head = chunk;
     const usage = asObject(chunk.usage);
     if (usage !== null) this.usage = usage;
     let output = usage !== null;
