@@ -13,7 +13,10 @@ interface RouterProcess {
 }
 
 /** Starts `main.ts` and waits for its `listening on` line. */
-async function spawnRouter(args: string[], env: Record<string, string> = {}): Promise<RouterProcess> {
+async function spawnRouter(
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<RouterProcess> {
   const child = new Deno.Command(Deno.execPath(), {
     args: [...RUN_FLAGS, "main.ts", ...args],
     cwd: root,
