@@ -4,13 +4,10 @@
  */
 import { CliError, parseCli } from "./src/cli.ts";
 import { ConfigError, loadConfig } from "./src/config.ts";
+import { stderrOpsLog } from "./src/ops.ts";
 import { startServer } from "./src/server.ts";
 
 const EXIT_USAGE = 2;
-
-function operational(level: "info" | "warn" | "error", msg: string, fields: object = {}): void {
-  console.error(JSON.stringify({ ts: new Date().toISOString(), level, msg, ...fields }));
-}
 
 async function main(): Promise<number> {
   let cli;
@@ -33,12 +30,16 @@ async function main(): Promise<number> {
     console.error(`Invalid config:\n${error.message}`);
     return EXIT_USAGE;
   }
+  const ops = stderrOpsLog(cli.logLevel);
   const server = startServer(config, {
     host: cli.host,
     port: cli.port,
     logDir: cli.logDir,
-    onListen: (url) => console.log(`listening on ${url}`),
-    onWarning: (message) => operational("error", message),
+    ops,
+    onListen: (url) => {
+      console.log(`listening on ${url}`);
+      ops.log("info", "Started", { url, providers: config.providers.length });
+    },
   });
 
   const stopping = Promise.withResolvers<Deno.Signal>();
@@ -54,9 +55,9 @@ async function main(): Promise<number> {
     });
   }
   const signal = await stopping.promise;
-  operational("info", "Shutting down: finishing in-flight requests", { signal });
+  ops.log("info", "Shutting down: finishing in-flight requests", { signal });
   await server.stop();
-  operational("info", "Stopped");
+  ops.log("info", "Stopped");
   return 0;
 }
 

@@ -1,9 +1,12 @@
+import { type Span, trace as otel } from "@opentelemetry/api";
 import type { Config } from "./config.ts";
 import { asObject, tryParseJson } from "./json.ts";
 import type { RecordSink } from "./log.ts";
 import { type Dialect, dialects } from "./providers/mod.ts";
-import { Trace } from "./record.ts";
+import { type RequestRecord, Trace } from "./record.ts";
 import { forward, reject, type RouterDeps } from "./router.ts";
+import { renderMetrics } from "./metrics.ts";
+import { Stats } from "./stats.ts";
 import { VERSION } from "./version.ts";
 
 /** An API endpoint the router serves: which dialect, and where it goes under `base_url`. */
@@ -21,9 +24,16 @@ const API_ROUTES: Record<string, ApiRoute> = {
 /** What the handler needs from the outside world; tests inject their own. */
 export interface AppDeps extends Partial<RouterDeps> {
   sink: RecordSink;
+  stats?: Stats;
 }
 
 const decoder = new TextDecoder();
+
+/** The credentials a client presented, kept only to scrub them from its log record. */
+function clientSecrets(headers: Headers): string[] {
+  const bearer = headers.get("authorization")?.replace(/^Bearer\s+/i, "");
+  return [bearer, headers.get("x-api-key")].filter((value): value is string => !!value);
+}
 
 /**
  * Builds the router as a plain function from request to response, so tests can call it
@@ -33,34 +43,85 @@ export function createHandler(
   config: Config,
   deps: AppDeps,
 ): (request: Request) => Promise<Response> {
+  const { sink } = deps;
+  const stats = deps.stats ?? new Stats();
   const routerDeps: RouterDeps = {
     fetch: deps.fetch ?? fetch,
     now: deps.now ?? (() => performance.now()),
   };
+  const startTrace = (request: Request, url: URL, dialect: Dialect) => {
+    const span = otel.getActiveSpan();
+    const secrets = clientSecrets(request.headers);
+    const trace = new Trace(
+      { requestId: crypto.randomUUID(), path: url.pathname, now: routerDeps.now },
+      (record) => {
+        stats.add(record);
+        sink.write(record, secrets);
+        if (span !== undefined) annotateSpan(span, record);
+      },
+    );
+    trace.record.endpoint = dialect.type;
+    return { dialect, trace, span };
+  };
+
   return async (request) => {
     const url = new URL(request.url);
     const route = API_ROUTES[url.pathname];
     if (route !== undefined) {
+      const context = startTrace(request, url, route.dialect);
       if (request.method !== "POST") {
-        return plainError(405, `Method ${request.method} is not allowed on ${url.pathname}`, {
-          allow: "POST",
-          dialect: route.dialect,
-        });
+        const message = `Method ${request.method} is not allowed on ${url.pathname}`;
+        return withAllow(reject(context, 405, message, "method_not_allowed"), "POST");
       }
-      return await serveApi(config, request, url, route, deps.sink, routerDeps);
+      const response = await serveApi(config, request, url, route, context, routerDeps);
+      if (context.span !== undefined) annotateSpan(context.span, context.trace.record);
+      return response;
     }
-    if (url.pathname === "/health") {
-      if (request.method !== "GET" && request.method !== "HEAD") {
-        return plainError(405, `Method ${request.method} is not allowed on /health`, {
-          allow: "GET, HEAD",
-        });
-      }
-      return Response.json({ status: "ok", version: VERSION });
+    const dialect = dialectForPath(url.pathname);
+    if (dialect !== undefined) {
+      const message = `No route for ${request.method} ${url.pathname}`;
+      return reject(startTrace(request, url, dialect), 404, message, "not_found");
     }
-    return plainError(404, `No route for ${request.method} ${url.pathname}`, {
-      dialect: dialectForPath(url.pathname),
-    });
+    const page = PAGES[url.pathname];
+    if (page === undefined) {
+      return plainError(404, `No route for ${request.method} ${url.pathname}`, "not_found");
+    }
+    if (request.method !== "GET" && request.method !== "HEAD") {
+      const message = `Method ${request.method} is not allowed on ${url.pathname}`;
+      return withAllow(plainError(405, message, "method_not_allowed"), "GET, HEAD");
+    }
+    return page(stats, sink);
   };
+}
+
+/** Read-only pages for operators. */
+const PAGES: Record<string, (stats: Stats, sink: RecordSink) => Response> = {
+  "/health": () => Response.json({ status: "ok", version: VERSION }),
+  "/stats": (stats, sink) => Response.json(stats.toJSON(sink.writeErrors)),
+  "/metrics": (stats, sink) =>
+    new Response(renderMetrics(stats, sink.writeErrors), {
+      headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
+    }),
+};
+
+/**
+ * With Deno's built-in OpenTelemetry on (`OTEL_DENO=true`), the request's span carries who
+ * answered; without it the span is undefined and this never runs. Attributes follow the GenAI
+ * semantic conventions where one exists.
+ */
+function annotateSpan(span: Span, record: RequestRecord): void {
+  const attributes: Record<string, string | number> = {};
+  if (record.endpoint !== null) attributes["gen_ai.provider.name"] = record.endpoint;
+  if (record.model !== null) attributes["gen_ai.request.model"] = record.model;
+  if (record.upstream_model !== null) attributes["gen_ai.response.model"] = record.upstream_model;
+  if (record.provider !== null) attributes["llm_router.provider"] = record.provider;
+  attributes["llm_router.attempts"] = record.attempts.length;
+  if (record.usage !== null && record.endpoint !== null) {
+    const tokens = dialects[record.endpoint].tokens(record.usage);
+    attributes["gen_ai.usage.input_tokens"] = tokens.input;
+    attributes["gen_ai.usage.output_tokens"] = tokens.output;
+  }
+  span.setAttributes(attributes);
 }
 
 async function serveApi(
@@ -68,15 +129,10 @@ async function serveApi(
   request: Request,
   url: URL,
   route: ApiRoute,
-  sink: RecordSink,
+  context: { dialect: Dialect; trace: Trace },
   deps: RouterDeps,
 ): Promise<Response> {
-  const trace = new Trace(
-    { requestId: crypto.randomUUID(), path: url.pathname, now: deps.now },
-    (record) => sink.write(record),
-  );
-  trace.record.endpoint = route.dialect.type;
-  const context = { dialect: route.dialect, trace };
+  const { trace } = context;
   let body: Uint8Array<ArrayBuffer>;
   try {
     body = await request.bytes();
@@ -117,21 +173,18 @@ async function serveApi(
   }, deps);
 }
 
+function withAllow(response: Response, allow: string): Response {
+  response.headers.set("allow", allow);
+  return response;
+}
+
 function dialectForPath(path: string): Dialect | undefined {
   if (path.startsWith("/anthropic/")) return dialects.anthropic;
   if (path.startsWith("/openai/")) return dialects.openai;
   return undefined;
 }
 
-/** An error outside any request record (unknown path, wrong method), in the path's API format. */
-function plainError(
-  status: number,
-  message: string,
-  options: { dialect?: Dialect; allow?: string },
-): Response {
-  const code = status === 405 ? "method_not_allowed" : "not_found";
-  const body = (options.dialect ?? dialects.openai).errorBody(status, message, code);
-  const headers: Record<string, string> = {};
-  if (options.allow !== undefined) headers.allow = options.allow;
-  return Response.json(body, { status, headers });
+/** An error outside the API endpoints (unknown path, wrong method), OpenAI-shaped JSON. */
+function plainError(status: number, message: string, code: string): Response {
+  return Response.json(dialects.openai.errorBody(status, message, code), { status });
 }

@@ -4,6 +4,7 @@
  */
 import { parseArgs } from "node:util";
 import { CONFIG_ENV_VAR } from "./config.ts";
+import { LOG_LEVELS, type LogLevel } from "./ops.ts";
 import { VERSION } from "./version.ts";
 
 /** Everything `main.ts` needs to start serving. */
@@ -15,6 +16,7 @@ export interface CliOptions {
   /** 0 asks the OS for any free port. */
   port: number;
   logDir: string;
+  logLevel: LogLevel;
 }
 
 /** A request to print `text` and exit successfully instead of serving. */
@@ -32,7 +34,12 @@ export class CliError extends Error {
 }
 
 /** Shared by the help text and the parser so the two never disagree. */
-export const CLI_DEFAULTS = { host: "127.0.0.1", port: 8000, logDir: "logs" } as const;
+export const CLI_DEFAULTS = {
+  host: "127.0.0.1",
+  port: 8000,
+  logDir: "logs",
+  logLevel: "info",
+} as const;
 
 /** Printed for `--help`; documents the environment too since config may come from it. */
 export const HELP_TEXT = `Usage: llm-api-router [options]
@@ -44,6 +51,8 @@ Options:
   --host H        Address to listen on (default: ${CLI_DEFAULTS.host})
   --port P        Port to listen on, 0 to 65535; 0 picks any free port (default: ${CLI_DEFAULTS.port})
   --log-dir DIR   Directory for the JSON-lines request log (default: ${CLI_DEFAULTS.logDir})
+  --log-level L   Lowest operational message printed on stderr: debug, info, warn, error
+                  (default: ${CLI_DEFAULTS.logLevel})
   -h, --help      Show this help and exit
   -V, --version   Show the version and exit
 
@@ -62,6 +71,7 @@ export function parseCli(args: string[]): CliOptions | CliUsage {
     host: nonEmpty("--host", values.host),
     port: values.port === undefined ? CLI_DEFAULTS.port : parsePort(values.port),
     logDir: nonEmpty("--log-dir", values["log-dir"]),
+    logLevel: parseLevel(values["log-level"]),
   };
 }
 
@@ -76,6 +86,7 @@ function parseFlags(args: string[]) {
         host: { type: "string", default: CLI_DEFAULTS.host },
         port: { type: "string" },
         "log-dir": { type: "string", default: CLI_DEFAULTS.logDir },
+        "log-level": { type: "string", default: CLI_DEFAULTS.logLevel },
         help: { type: "boolean", short: "h" },
         version: { type: "boolean", short: "V" },
       },
@@ -93,6 +104,14 @@ function parsePort(text: string): number {
     throw new CliError(`Invalid --port value "${text}": expected an integer from 0 to 65535`);
   }
   return port;
+}
+
+function parseLevel(text: string): LogLevel {
+  const level = LOG_LEVELS.find((known) => known === text);
+  if (level === undefined) {
+    throw new CliError(`Invalid --log-level value "${text}": expected ${LOG_LEVELS.join(", ")}`);
+  }
+  return level;
 }
 
 function nonEmpty(flag: string, value: string): string {

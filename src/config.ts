@@ -3,6 +3,13 @@
  * first, so secrets can stay in the environment instead of the file.
  */
 import { z } from "zod";
+import {
+  flattenIssues,
+  formatPath,
+  issueMessage,
+  type Path,
+  type Problem,
+} from "./config_errors.ts";
 
 /** The variable that carries the JSON config text when no `--config` path is given. */
 export const CONFIG_ENV_VAR = "LLM_ROUTER_CONFIG";
@@ -35,10 +42,30 @@ const mappingTargetSchema = z.union([
     .transform((t) => ({ provider: t.provider, model: t.model ?? null })),
 ]);
 
-// New top-level sections (logging, limits...) go here as their own schemas with defaults.
+const MIB = 1024 * 1024;
+
+/** The request log; see the README's "Request log". */
+const loggingSchema = z.strictObject({
+  enabled: z.boolean().default(true),
+  target: z.enum(["file", "stdout"]).default("file"),
+  max_bytes: z.int().positive().default(50 * MIB),
+  max_files: z.int().min(0).default(10),
+  /** Bodies larger than this are logged cut, with `*_truncated: true`; 0 logs them whole. */
+  max_body_bytes: z.int().min(0).default(MIB),
+});
+
+/** Behaviour specific to the OpenAI endpoint. */
+const openaiSchema = z.strictObject({
+  /** `inject` asks upstream for stream usage the client did not ask for, and hides it again. */
+  stream_usage: z.enum(["off", "inject"]).default("off"),
+});
+
+// Each top-level section is its own schema with its defaults, so `{}` is always valid for it.
 const configSchema = z.strictObject({
   model_mapping: z.record(z.string(), z.array(mappingTargetSchema).min(1)).default({}),
   providers: z.array(providerSchema).min(1),
+  logging: loggingSchema.default(loggingSchema.parse({})),
+  openai: openaiSchema.default(openaiSchema.parse({})),
 }).superRefine((config, ctx) => {
   const names = new Set<string>();
   const fail = (path: PropertyKey[], message: string) =>
@@ -73,10 +100,6 @@ export class ConfigError extends Error {
     this.problems = list;
   }
 }
-
-type Path = readonly PropertyKey[];
-/** `path` is already formatted for the user, e.g. `providers[0].api_key`. */
-type Problem = { path: string; message: string };
 
 /** Pure so tests and `deploy.ts` can validate config text without touching disk or env. */
 export function parseConfig(text: string, env: EnvLookup): Config {
@@ -141,72 +164,6 @@ function substituteEnv(
     );
   }
   return value;
-}
-
-/** Per-parse error map: zod's default messages don't name the value received. */
-function issueMessage(issue: z.core.$ZodRawIssue): string | undefined {
-  const { code, input } = issue;
-  if (input === undefined && (code === "invalid_type" || code === "invalid_value")) {
-    return "Missing required field";
-  }
-  if (code === "too_small" && issue.origin !== "number") {
-    return issue.minimum === 1 ? "Must not be empty" : undefined;
-  }
-  const expected = expectation(issue);
-  return expected && `Expected ${expected}, received ${describe(input)}`;
-}
-
-function expectation(issue: z.core.$ZodRawIssue): string | undefined {
-  switch (issue.code) {
-    case "invalid_type":
-      return issue.inst instanceof z.ZodNumber && issue.inst.isInt ? "integer" : issue.expected;
-    case "invalid_value":
-      return `one of ${issue.values.map((v) => JSON.stringify(v)).join(", ")}`;
-    case "too_small":
-      return `a number ${issue.inclusive ? ">=" : ">"} ${issue.minimum}`;
-    case "invalid_format":
-      return issue.format === "url" ? "an http(s) URL" : undefined;
-    case "invalid_union":
-      return issue.errors.flat().flatMap((i) =>
-        i.code === "invalid_type" && i.path.length === 0 ? [i.expected] : []
-      ).join(" or ") || undefined;
-  }
-  return undefined;
-}
-
-function flattenIssues(issues: readonly z.core.$ZodIssue[], prefix: Path): Problem[] {
-  return issues.flatMap((issue): Problem[] => {
-    const path = [...prefix, ...issue.path];
-    const at = formatPath(path);
-    if (issue.code === "unrecognized_keys") {
-      return issue.keys.map((key) => ({ path: at, message: `Unrecognized key "${key}"` }));
-    }
-    if (issue.code === "invalid_union") {
-      // Report the branch the value was shaped like, not "no branch matched".
-      const shaped = issue.errors.filter((branch) =>
-        !branch.every((i) => i.code === "invalid_type" && i.path.length === 0)
-      );
-      if (shaped.length === 1) return flattenIssues(shaped[0], path);
-    }
-    return [{ path: at, message: issue.message }];
-  });
-}
-
-function formatPath(path: Path): string {
-  if (path.length === 0) return "config";
-  return path.map((key, i) => {
-    if (typeof key === "number") return `[${key}]`;
-    const name = String(key);
-    if (!/^[\w-]+$/.test(name)) return `[${JSON.stringify(name)}]`;
-    return i === 0 ? name : `.${name}`;
-  }).join("");
-}
-
-function describe(value: unknown): string {
-  if (value === undefined) return "nothing";
-  if (typeof value === "object" && value !== null) return Array.isArray(value) ? "array" : "object";
-  const text = JSON.stringify(value);
-  return text.length > 60 ? `${text.slice(0, 57)}..."` : text;
 }
 
 const errorText = (err: unknown) => err instanceof Error ? err.message : String(err);

@@ -16,3 +16,8 @@ export function tryParseJson(text: string): unknown {
     return undefined;
   }
 }
+
+/** A count from a usage object, 0 when absent or not a number. */
+export function count(value: unknown): number {
+  return typeof value === "number" && Number.isFinite(value) ? value : 0;
+}

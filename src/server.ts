@@ -1,6 +1,7 @@
 import { createHandler } from "./app.ts";
 import type { Config } from "./config.ts";
-import { type RecordSink, RotatingJsonLinesFile } from "./log.ts";
+import { createRecordSink, type RecordSink } from "./log.ts";
+import type { OpsLog } from "./ops.ts";
 import type { RequestRecord } from "./record.ts";
 
 /** Where and how a router process listens and logs. */
@@ -8,10 +9,9 @@ export interface ServerOptions {
   host: string;
   port: number;
   logDir: string;
+  ops: OpsLog;
   /** Called with the real address once the socket is bound. */
   onListen(url: string): void;
-  /** Operational messages (log write failures) for the operator. */
-  onWarning(message: string): void;
   /** Sees every finished record too, e.g. for the demo's console summary. */
   onRecord?(record: RequestRecord): void;
 }
@@ -22,20 +22,28 @@ export interface RunningServer {
   stop(): Promise<void>;
 }
 
-/** Binds the router to a socket with a request log: shared by `main.ts` and the demo. */
+/** Every secret the config holds, so no log line can carry one. */
+export function configSecrets(config: Config): string[] {
+  return config.providers.flatMap((provider) => provider.api_key ? [provider.api_key] : []);
+}
+
+/** Binds the router to a socket with its request log: shared by `main.ts` and the demo. */
 export function startServer(config: Config, options: ServerOptions): RunningServer {
-  const file = new RotatingJsonLinesFile(
-    options.logDir,
-    { maxBytes: 50 * 1024 * 1024, maxFiles: 10 },
-    options.onWarning,
-  );
+  const log = createRecordSink(config.logging, {
+    dir: options.logDir,
+    secrets: configSecrets(config),
+    onError: (message) => options.ops.log("error", message),
+  });
   const onRecord = options.onRecord;
-  const sink: RecordSink = onRecord === undefined ? file : {
-    write(record) {
-      file.write(record);
+  const sink: RecordSink = onRecord === undefined ? log : {
+    write(record, secrets) {
+      log.write(record, secrets);
       onRecord(record);
     },
-    close: () => file.close(),
+    close: () => log.close(),
+    get writeErrors() {
+      return log.writeErrors;
+    },
   };
   const server = Deno.serve({
     hostname: options.host,

@@ -19,6 +19,7 @@ Deno.test("cli applies defaults with no flags", () => {
     host: "127.0.0.1",
     port: 8000,
     logDir: "logs",
+    logLevel: "info",
   });
 });
 
@@ -32,6 +33,8 @@ Deno.test("cli reads every flag", () => {
     "9000",
     "--log-dir",
     "/tmp/l",
+    "--log-level",
+    "warn",
   ];
   assert.deepEqual(parseCli(args), {
     kind: "run",
@@ -39,6 +42,7 @@ Deno.test("cli reads every flag", () => {
     host: "0.0.0.0",
     port: 9000,
     logDir: "/tmp/l",
+    logLevel: "warn",
   });
 });
 
@@ -105,4 +109,8 @@ Deno.test("cli returns the version for --version and -V", () => {
   for (const flag of ["--version", "-V"]) {
     assert.deepEqual(parseCli([flag]), { kind: "version", text: `llm-api-router ${VERSION}` });
   }
+});
+
+Deno.test("cli rejects an unknown --log-level naming the levels", () => {
+  assert.match(cliError(["--log-level", "loud"]).message, /--log-level value "loud".*debug, info/);
 });

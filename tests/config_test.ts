@@ -91,7 +91,32 @@ Deno.test("config parses the seed example and applies defaults", () => {
         timeout_ms: 60000,
       },
     ],
+    logging: {
+      enabled: true,
+      target: "file",
+      max_bytes: 50 * 1024 * 1024,
+      max_files: 10,
+      max_body_bytes: 1024 * 1024,
+    },
+    openai: { stream_usage: "off" },
   });
+});
+
+Deno.test("config rejects unknown keys inside sections and bad section values", () => {
+  const err = configError(() =>
+    parseConfig(
+      JSON.stringify({
+        ...SEED,
+        logging: { target: "syslog", max_files: -1, max_bytez: 1 },
+        openai: { stream_usage: "always" },
+      }),
+      env,
+    )
+  );
+  assert.match(err.message, /logging: Unrecognized key "max_bytez"/);
+  assert.match(err.message, /logging\.target: Expected one of "file", "stdout"/);
+  assert.match(err.message, /logging\.max_files: Expected a number >= 0/);
+  assert.match(err.message, /openai\.stream_usage: Expected one of "off", "inject"/);
 });
 
 Deno.test("config defaults model_mapping to empty and fills the openai base_url", () => {

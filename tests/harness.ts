@@ -6,6 +6,7 @@ import type { RequestRecord } from "../src/record.ts";
 /** Keeps records in memory and lets a test wait for the next ones. */
 export class MemorySink implements RecordSink {
   records: RequestRecord[] = [];
+  writeErrors = 0;
   #waiters: { count: number; resolve: () => void }[] = [];
 
   write(record: RequestRecord): void {

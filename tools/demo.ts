@@ -5,6 +5,7 @@
 import { parseArgs } from "node:util";
 import { parseConfig } from "../src/config.ts";
 import type { RequestRecord } from "../src/record.ts";
+import { stderrOpsLog } from "../src/ops.ts";
 import { startServer } from "../src/server.ts";
 import { defaultReply, failureReply, startMockUpstream } from "./mock_upstream.ts";
 
@@ -60,7 +61,7 @@ Or with the official clients (any API key works here):
 Ctrl-C stops the demo.
 `);
   },
-  onWarning: (message) => console.error(message),
+  ops: stderrOpsLog("warn"),
   onRecord: (record) => console.log(summary(record)),
 });
 

@@ -1,5 +1,5 @@
 import type { EventSourceMessage } from "eventsource-parser";
-import { asObject, type JsonObject, tryParseJson } from "../json.ts";
+import { asObject, count, type JsonObject, tryParseJson } from "../json.ts";
 import type { Dialect, EventRole, StreamAssembler } from "./mod.ts";
 
 const OUTPUT_EVENTS = new Set(["content_block_delta", "message_delta", "message_stop"]);
@@ -124,6 +124,14 @@ export const anthropic: Dialect = {
   },
   usageOf(body) {
     return asObject(asObject(body)?.usage);
+  },
+  tokens(usage) {
+    return {
+      input: count(usage.input_tokens),
+      output: count(usage.output_tokens),
+      cache_read: count(usage.cache_read_input_tokens),
+      cache_write: count(usage.cache_creation_input_tokens),
+    };
   },
   newAssembler: () => new MessageStreamAssembler(),
 };

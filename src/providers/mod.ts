@@ -35,7 +35,17 @@ export interface Dialect {
   streamErrorEvent(message: string): string;
   /** Usage from a non-streaming response body. */
   usageOf(body: unknown): JsonObject | null;
+  /** The usage object's counts in the router's own vocabulary, for statistics. */
+  tokens(usage: JsonObject): TokenCounts;
   newAssembler(): StreamAssembler;
+}
+
+/** Token counts in one vocabulary for both APIs. */
+export interface TokenCounts {
+  input: number;
+  output: number;
+  cache_read: number;
+  cache_write: number;
 }
 
 export const dialects: Record<ApiType, Dialect> = { openai, anthropic };

@@ -1,5 +1,5 @@
 import type { EventSourceMessage } from "eventsource-parser";
-import { asObject, type JsonObject, tryParseJson } from "../json.ts";
+import { asObject, count, type JsonObject, tryParseJson } from "../json.ts";
 import type { Dialect, EventRole, StreamAssembler } from "./mod.ts";
 
 interface ToolCall {
@@ -125,6 +125,14 @@ export const openai: Dialect = {
   },
   usageOf(body) {
     return asObject(asObject(body)?.usage);
+  },
+  tokens(usage) {
+    return {
+      input: count(usage.prompt_tokens),
+      output: count(usage.completion_tokens),
+      cache_read: count(asObject(usage.prompt_tokens_details)?.cached_tokens),
+      cache_write: 0,
+    };
   },
   newAssembler: () => new ChatStreamAssembler(),
 };
