@@ -170,6 +170,7 @@ async function serveApi(
     stream: fields.stream === true,
     signal: request.signal,
     trace,
+    usageInjection: route.dialect.usageInjection?.(config, fields) ?? null,
   }, deps);
 }
 

@@ -72,48 +72,62 @@ function skipValue(bytes: Uint8Array, i: number): number {
   return i;
 }
 
-/** True when the key string at `span` (quotes included) means `model`, escapes and all. */
-function isModelKey(bytes: Uint8Array, span: Span): boolean {
+/** True when the key string at `span` (quotes included) means `name`, escapes and all. */
+function keyIs(bytes: Uint8Array, span: Span, name: string): boolean {
   const raw = bytes.subarray(span.start, span.end);
-  if (raw.indexOf(BACKSLASH) === -1) return raw.length === 7 && decoder.decode(raw) === '"model"';
-  return JSON.parse(decoder.decode(raw)) === "model";
+  if (raw.indexOf(BACKSLASH) === -1) {
+    return raw.length === name.length + 2 && decoder.decode(raw) === `"${name}"`;
+  }
+  return JSON.parse(decoder.decode(raw)) === name;
+}
+
+/** One top-level `"key": value` pair: where the key starts and where the value lies. */
+export interface Member {
+  key: Span;
+  value: Span;
 }
 
 /**
- * Finds the value spans of every top-level `"model"` key whose value is a string. The body must
- * already be known to be a valid JSON object (the caller parsed a copy). With duplicate keys every
- * occurrence is returned, so the provider sees the new name whichever one its parser keeps.
+ * Finds every top-level member named `name`. The body must already be known to be a valid JSON
+ * object (the caller parsed a copy). With duplicate keys every occurrence is returned, so the
+ * provider sees an edit whichever occurrence its parser keeps.
  */
-export function findModelSpans(bytes: Uint8Array): Span[] {
-  const spans: Span[] = [];
+export function findMembers(bytes: Uint8Array, name: string): Member[] {
+  const members: Member[] = [];
   const bom = bytes[0] === 0xef && bytes[1] === 0xbb && bytes[2] === 0xbf ? 3 : 0;
   let i = skipWhitespace(bytes, bom);
-  if (bytes[i] !== OPEN_BRACE) return spans;
+  if (bytes[i] !== OPEN_BRACE) return members;
   i++;
   while (i < bytes.length) {
     i = skipWhitespace(bytes, i);
-    if (bytes[i] === CLOSE_BRACE || bytes[i] !== QUOTE) break;
+    if (bytes[i] !== QUOTE) break;
     const key: Span = { start: i, end: skipString(bytes, i) };
     i = skipWhitespace(bytes, key.end);
     if (bytes[i] !== COLON) break;
     i = skipWhitespace(bytes, i + 1);
     const value: Span = { start: i, end: skipValue(bytes, i) };
-    if (bytes[value.start] === QUOTE && isModelKey(bytes, key)) spans.push(value);
+    if (keyIs(bytes, key, name)) members.push({ key, value });
     i = skipWhitespace(bytes, value.end);
     if (bytes[i] !== COMMA) break;
     i++;
   }
-  return spans;
+  return members;
 }
 
-/** Returns the body with every top-level `"model"` string value replaced by `model`. */
-export function spliceModel(
+/** The spans of every top-level `"model"` value that is a string. */
+export function findModelSpans(bytes: Uint8Array): Span[] {
+  return findMembers(bytes, "model")
+    .filter((member) => bytes[member.value.start] === QUOTE)
+    .map((member) => member.value);
+}
+
+/** Returns `bytes` with each span replaced by `replacement`; spans must be in order. */
+function replaceSpans(
   bytes: Uint8Array<ArrayBuffer>,
-  model: string,
+  spans: readonly Span[],
+  replacement: Uint8Array,
 ): Uint8Array<ArrayBuffer> {
-  const spans = findModelSpans(bytes);
   if (spans.length === 0) return bytes;
-  const replacement = encoder.encode(JSON.stringify(model));
   const removed = spans.reduce((sum, span) => sum + span.end - span.start, 0);
   const out = new Uint8Array(bytes.length - removed + spans.length * replacement.length);
   let from = 0;
@@ -127,4 +141,61 @@ export function spliceModel(
   }
   out.set(bytes.subarray(from), to);
   return out;
+}
+
+/** Returns the body with every top-level `"model"` string value replaced by `model`. */
+export function spliceModel(
+  bytes: Uint8Array<ArrayBuffer>,
+  model: string,
+): Uint8Array<ArrayBuffer> {
+  return replaceSpans(bytes, findModelSpans(bytes), encoder.encode(JSON.stringify(model)));
+}
+
+/**
+ * Sets a top-level member to `json` (already serialized): replaces its value where the key
+ * exists, otherwise inserts it as the first member. Everything else keeps its bytes.
+ */
+export function setMember(
+  bytes: Uint8Array<ArrayBuffer>,
+  name: string,
+  json: string,
+): Uint8Array<ArrayBuffer> {
+  const members = findMembers(bytes, name);
+  if (members.length > 0) {
+    return replaceSpans(bytes, members.map((member) => member.value), encoder.encode(json));
+  }
+  const open = bytes.indexOf(OPEN_BRACE);
+  const empty = bytes[skipWhitespace(bytes, open + 1)] === CLOSE_BRACE;
+  const member = encoder.encode(`${JSON.stringify(name)}:${json}${empty ? "" : ","}`);
+  return replaceSpans(bytes, [{ start: open + 1, end: open + 1 }], member);
+}
+
+/**
+ * Removes every top-level member named `name` whose value is exactly `null`, with its comma,
+ * or returns null when there is none.
+ */
+export function removeNullMember(
+  bytes: Uint8Array<ArrayBuffer>,
+  name: string,
+): Uint8Array<ArrayBuffer> | null {
+  const spans: Span[] = [];
+  for (const { key, value } of findMembers(bytes, name)) {
+    if (
+      value.end - value.start !== 4 ||
+      decoder.decode(bytes.subarray(value.start, value.end)) !== "null"
+    ) {
+      continue;
+    }
+    let start = key.start;
+    let before = start - 1;
+    while (before > 0 && bytes[before] <= 0x20) before--;
+    let end = value.end;
+    if (bytes[before] === COMMA) start = before;
+    else {
+      const after = skipWhitespace(bytes, end);
+      if (bytes[after] === COMMA) end = after + 1;
+    }
+    spans.push({ start, end });
+  }
+  return spans.length === 0 ? null : replaceSpans(bytes, spans, new Uint8Array(0));
 }

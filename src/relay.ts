@@ -1,6 +1,6 @@
 import type { AttemptError } from "./attempt.ts";
 import { asObject, type JsonObject, tryParseJson } from "./json.ts";
-import type { Dialect, EventRole, StreamAssembler } from "./providers/mod.ts";
+import type { Dialect, EventFilter, EventRole, StreamAssembler } from "./providers/mod.ts";
 import { type Framed, SseEventReader, SseFramer } from "./sse.ts";
 
 /** Events held before commit, at most; past it the router commits and sends them. */
@@ -48,10 +48,14 @@ export class SseRelay {
   /** Called once, at the first event that carries model output. */
   onFirstOutput: () => void = () => {};
 
-  constructor(body: ReadableStream<Uint8Array>, dialect: Dialect) {
+  #filter: EventFilter | null;
+
+  /** `filter`, when given, may rewrite or drop each event after the tap has read it. */
+  constructor(body: ReadableStream<Uint8Array>, dialect: Dialect, filter: EventFilter | null) {
     this.#reader = body.getReader();
     this.#dialect = dialect;
     this.#assembler = dialect.newAssembler();
+    this.#filter = filter;
   }
 
   /** Reads ahead until an event decides the commit. A failed read throws. */
@@ -107,18 +111,27 @@ export class SseRelay {
   /** Queues framed bytes and folds their events in; returns the first decisive role among them. */
   #ingest(framed: Framed | null): EventRole {
     if (framed === null) return "hold";
-    this.#ready.push(framed.bytes);
-    this.#readyBytes += framed.bytes.length;
+    const filter = this.#filter;
+    if (filter === null) this.#queue(framed.bytes);
     let decisive: EventRole = "hold";
     let from = 0;
     for (const end of framed.ends) {
-      for (const event of this.#events.read(framed.bytes.subarray(from, end))) {
+      const raw = framed.bytes.subarray(from, end);
+      let out: Uint8Array | null = raw;
+      for (const event of this.#events.read(raw)) {
         const role = this.#fold(event.data, this.#assembler.add(event));
         if (decisive === "hold") decisive = role;
+        if (filter !== null && out !== null) out = filter(out, event.data);
       }
+      if (filter !== null && out !== null) this.#queue(out);
       from = end;
     }
     return decisive;
+  }
+
+  #queue(bytes: Uint8Array): void {
+    this.#ready.push(bytes);
+    this.#readyBytes += bytes.length;
   }
 
   #fold(data: string, role: EventRole): EventRole {
@@ -144,10 +157,7 @@ export class SseRelay {
       const role = this.#fold(event.data, this.#assembler.add(event));
       if (decisive === "hold") decisive = role;
     }
-    if (this.#assembler.complete || this.#errorMessage !== null) {
-      this.#ready.push(rest);
-      this.#readyBytes += rest.length;
-    }
+    if (this.#assembler.complete || this.#errorMessage !== null) this.#queue(rest);
     return decisive;
   }
 

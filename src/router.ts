@@ -1,7 +1,7 @@
 import { type Attempt, type AttemptError, fallsBack } from "./attempt.ts";
 import { spliceModel } from "./body.ts";
 import type { Config } from "./config.ts";
-import type { Dialect } from "./providers/mod.ts";
+import type { Dialect, UsageInjection } from "./providers/mod.ts";
 import type { Trace } from "./record.ts";
 import { type RelayEnd, type RelayHooks, relayPlainBody, SseRelay } from "./relay.ts";
 import { AttemptSignal, clientResponseHeaders, upstreamRequestHeaders } from "./upstream.ts";
@@ -57,6 +57,8 @@ export interface ForwardRequest {
   stream: boolean;
   signal: AbortSignal;
   trace: Trace;
+  /** Set when the router asks upstream for stream usage the client did not request. */
+  usageInjection: UsageInjection | null;
 }
 
 /** Injected so tests can count or fail upstream calls without patching globals. */
@@ -106,6 +108,7 @@ export async function forward(
     let body = bodies.get(candidate.model);
     if (body === undefined) {
       body = candidate.model === model ? request.body : spliceModel(request.body, candidate.model);
+      if (request.usageInjection !== null) body = request.usageInjection.splice(body);
       bodies.set(candidate.model, body);
     }
     const response = await attempt(request, candidate, body, i === candidates.length - 1, deps);
@@ -162,7 +165,11 @@ async function attempt(
     signal.commit();
     return commit(request, candidate, upstream, signal, close, null);
   }
-  const relay = new SseRelay(upstream.body, request.dialect);
+  const relay = new SseRelay(
+    upstream.body,
+    request.dialect,
+    request.usageInjection?.filter ?? null,
+  );
   if (last) {
     relay.onFirstOutput = () => signal.commit();
     return commit(request, candidate, upstream, signal, close, relay);

@@ -1,6 +1,7 @@
 import type { EventSourceMessage } from "eventsource-parser";
 import { anthropic } from "./anthropic.ts";
 import { openai } from "./openai.ts";
+import type { Config } from "../config.ts";
 import type { JsonObject } from "../json.ts";
 
 /** The two wire formats the router speaks; a provider and an endpoint each have one. */
@@ -35,9 +36,23 @@ export interface Dialect {
   streamErrorEvent(message: string): string;
   /** Usage from a non-streaming response body. */
   usageOf(body: unknown): JsonObject | null;
+  /** Set when this API can ask upstream for usage the client did not request (opt-in). */
+  usageInjection?(config: Config, fields: JsonObject): UsageInjection | null;
   /** The usage object's counts in the router's own vocabulary, for statistics. */
   tokens(usage: JsonObject): TokenCounts;
   newAssembler(): StreamAssembler;
+}
+
+/**
+ * Rewrites one raw SSE event on its way to the client: the same bytes, new bytes, or null to
+ * drop it. `data` is the event's data field.
+ */
+export type EventFilter = (raw: Uint8Array, data: string) => Uint8Array | null;
+
+/** How a request asks upstream for usage, and how the answer's extra bytes are hidden again. */
+export interface UsageInjection {
+  splice(body: Uint8Array<ArrayBuffer>): Uint8Array<ArrayBuffer>;
+  filter: EventFilter;
 }
 
 /** Token counts in one vocabulary for both APIs. */

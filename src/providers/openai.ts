@@ -1,6 +1,7 @@
 import type { EventSourceMessage } from "eventsource-parser";
 import { asObject, count, type JsonObject, tryParseJson } from "../json.ts";
 import type { Dialect, EventRole, StreamAssembler } from "./mod.ts";
+import { openaiUsageInjection } from "./openai_usage.ts";
 
 interface ToolCall {
   id?: string;
@@ -134,5 +135,6 @@ export const openai: Dialect = {
       cache_write: 0,
     };
   },
+  usageInjection: openaiUsageInjection,
   newAssembler: () => new ChatStreamAssembler(),
 };
