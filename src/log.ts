@@ -14,6 +14,8 @@ const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 const REDACTED = "[REDACTED]";
 const RETRY_MS = 1000;
+/** Shorter "secrets" (test keys like "k") would scrub ordinary words out of every line. */
+const MIN_SECRET_LENGTH = 6;
 
 /** A body for the log: its JSON text, cut to `cap` bytes (as a string) when larger. */
 function bodyJson(value: unknown, cap: number): { json: string; truncated: boolean } {
@@ -47,7 +49,7 @@ export function serializeRecord(
   const line = `${head.slice(0, -1)},"request":${req.json},"request_truncated":${req.truncated}` +
     `,"response":${res.json},"response_truncated":${res.truncated}}`;
   const found = options.secrets.filter((secret) =>
-    secret.length > 0 &&
+    secret.length >= MIN_SECRET_LENGTH &&
     (line.includes(secret) || line.includes(JSON.stringify(secret).slice(1, -1)))
   );
   if (found.length === 0) return line;
