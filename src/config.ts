@@ -22,6 +22,25 @@ const DEFAULT_BASE_URLS = {
   anthropic: "https://api.anthropic.com",
 } as const;
 
+const duration = () => z.int().positive();
+
+/**
+ * How long an attempt may take: to its commit point (response headers; for streams, the first
+ * output event), between two chunks of its body, and in all from the request's arrival.
+ */
+const timeoutsSchema = z.strictObject({
+  first_byte_ms: duration().default(60_000),
+  idle_ms: duration().default(120_000),
+  total_ms: duration().default(600_000),
+});
+
+/** A provider's own timeouts: only what it sets, the rest comes from the global ones. */
+const timeoutOverridesSchema = z.strictObject({
+  first_byte_ms: duration(),
+  idle_ms: duration(),
+  total_ms: duration(),
+}).partial();
+
 const providerSchema = z.strictObject({
   name: z.string().min(1),
   type: z.enum(["openai", "anthropic"]),
@@ -29,7 +48,9 @@ const providerSchema = z.strictObject({
   base_url: z.url({ protocol: /^https?$/ }).optional(),
   priority: z.int().default(1),
   models: z.array(z.string().min(1)).optional(),
-  timeout_ms: z.int().positive().default(60_000),
+  /** Shorthand for `timeouts.first_byte_ms`. */
+  timeout_ms: duration().optional(),
+  timeouts: timeoutOverridesSchema.optional(),
 }).transform((p) => ({
   ...p,
   base_url: (p.base_url ?? DEFAULT_BASE_URLS[p.type]).replace(/\/+$/, ""),
@@ -54,6 +75,30 @@ const loggingSchema = z.strictObject({
   max_body_bytes: z.int().min(0).default(MIB),
 });
 
+/** When a failing provider is passed over for a while, and how long at most. */
+const cooldownSchema = z.strictObject({
+  failures: z.int().positive().default(3),
+  window_ms: duration().default(60_000),
+  duration_ms: duration().default(30_000),
+  /** Caps a provider's own `Retry-After`, and so the longest the router waits for one. */
+  max_retry_after_ms: duration().default(60_000),
+});
+
+/** Same-provider retries for connection errors and 5xx, before falling back. */
+const retriesSchema = z.strictObject({
+  per_provider: z.int().min(0).default(0),
+  backoff_ms: duration().default(200),
+  max_backoff_ms: duration().default(2_000),
+});
+
+const limitsSchema = z.strictObject({
+  max_request_bytes: z.int().positive().default(32 * MIB),
+});
+
+const shutdownSchema = z.strictObject({
+  grace_ms: z.int().min(0).default(30_000),
+});
+
 /** Behaviour specific to the OpenAI endpoint. */
 const openaiSchema = z.strictObject({
   /** `inject` asks upstream for stream usage the client did not ask for, and hides it again. */
@@ -64,6 +109,11 @@ const openaiSchema = z.strictObject({
 const configSchema = z.strictObject({
   model_mapping: z.record(z.string(), z.array(mappingTargetSchema).min(1)).default({}),
   providers: z.array(providerSchema).min(1),
+  timeouts: timeoutsSchema.default(timeoutsSchema.parse({})),
+  cooldown: cooldownSchema.default(cooldownSchema.parse({})),
+  retries: retriesSchema.default(retriesSchema.parse({})),
+  limits: limitsSchema.default(limitsSchema.parse({})),
+  shutdown: shutdownSchema.default(shutdownSchema.parse({})),
   logging: loggingSchema.default(loggingSchema.parse({})),
   openai: openaiSchema.default(openaiSchema.parse({})),
 }).superRefine((config, ctx) => {
@@ -80,11 +130,22 @@ const configSchema = z.strictObject({
       fail(["model_mapping", model, i, "provider"], `Unknown provider "${t.provider}"`);
     });
   }
-});
+}).transform(({ providers, ...config }) => ({
+  ...config,
+  // Each provider's effective timeouts: its own, else its `timeout_ms`, else the global ones.
+  providers: providers.map(({ timeout_ms, timeouts, ...provider }) => ({
+    ...provider,
+    timeouts: {
+      first_byte_ms: timeouts?.first_byte_ms ?? timeout_ms ?? config.timeouts.first_byte_ms,
+      idle_ms: timeouts?.idle_ms ?? config.timeouts.idle_ms,
+      total_ms: timeouts?.total_ms ?? config.timeouts.total_ms,
+    },
+  })),
+}));
 
 /** The validated config with every default filled in: the only shape the app sees. */
 export type Config = z.output<typeof configSchema>;
-/** One upstream, with `base_url`, `priority` and `timeout_ms` always present. */
+/** One upstream, with `base_url`, `priority` and its effective `timeouts` always present. */
 export type ProviderConfig = Config["providers"][number];
 /** A `model: null` object target means "send the client's model name unchanged". */
 export type MappingTarget = Config["model_mapping"][string][number];

@@ -204,7 +204,12 @@ const disabledSink: RecordSink = {
 /** The request log the config asks for: a rotating file, stdout, or nothing. */
 export function createRecordSink(
   logging: Config["logging"],
-  options: { dir: string; secrets: readonly string[]; onError: (message: string) => void },
+  options: {
+    dir: string;
+    /** The config's secrets, read at every batch: the owner may update the array on reload. */
+    secrets: readonly string[];
+    onError: (message: string) => void;
+  },
 ): RecordSink {
   if (!logging.enabled) return disabledSink;
   const target = logging.target === "stdout"

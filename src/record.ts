@@ -30,6 +30,7 @@ export interface RequestRecord {
   response: unknown;
   stream_events: number | null;
   stream_complete: boolean | null;
+  bytes_forwarded: number;
   error: { type: string; message: string } | null;
 }
 
@@ -72,6 +73,7 @@ export class Trace {
       response: null,
       stream_events: null,
       stream_complete: null,
+      bytes_forwarded: 0,
       error: null,
     };
   }

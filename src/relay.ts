@@ -15,11 +15,17 @@ export interface RelayEnd {
   response: unknown;
   streamEvents: number | null;
   streamComplete: boolean | null;
+  /** Body bytes handed to the client. */
+  bytesForwarded: number;
+  /** Stream events whose data the tap could not parse; null for plain bodies. */
+  malformedEvents: number | null;
 }
 
 /** Callbacks the router gives a relay for the client-facing part of its life. */
 export interface RelayHooks {
   onFirstByte(): void;
+  /** A chunk arrived from upstream. */
+  onChunk(): void;
   /** Names what a failed upstream read ran into (timeout, client gone, broken connection). */
   failureKind(): AttemptError;
   onEnd(end: RelayEnd): void;
@@ -49,13 +55,23 @@ export class SseRelay {
   onFirstOutput: () => void = () => {};
 
   #filter: EventFilter | null;
+  #onChunk: () => void;
+  #forwarded = 0;
 
-  /** `filter`, when given, may rewrite or drop each event after the tap has read it. */
-  constructor(body: ReadableStream<Uint8Array>, dialect: Dialect, filter: EventFilter | null) {
+  /**
+   * `filter`, when given, may rewrite or drop each event after the tap has read it; `onChunk`
+   * hears of every chunk read from upstream (for the idle timeout).
+   */
+  constructor(
+    body: ReadableStream<Uint8Array>,
+    dialect: Dialect,
+    options: { filter: EventFilter | null; onChunk: () => void },
+  ) {
     this.#reader = body.getReader();
     this.#dialect = dialect;
     this.#assembler = dialect.newAssembler();
-    this.#filter = filter;
+    this.#filter = options.filter;
+    this.#onChunk = options.onChunk;
   }
 
   /** Reads ahead until an event decides the commit. A failed read throws. */
@@ -63,6 +79,7 @@ export class SseRelay {
     for (;;) {
       const { done, value } = await this.#reader.read();
       if (done) return this.#ingestRest() === "output" ? "commit" : "stream_interrupted";
+      this.#onChunk();
       const role = this.#ingest(this.#framer.push(value));
       if (role === "output") return "commit";
       if (role === "error") return "error_event";
@@ -81,10 +98,7 @@ export class SseRelay {
       pull: async (controller) => {
         for (;;) {
           if (this.#ready.length > 0) {
-            for (const bytes of this.#ready) controller.enqueue(bytes);
-            this.#ready = [];
-            this.#readyBytes = 0;
-            hooks.onFirstByte();
+            this.#flush(controller, hooks);
             return;
           }
           let result: ReadableStreamReadResult<Uint8Array>;
@@ -98,6 +112,7 @@ export class SseRelay {
             this.#endOfStream(controller, hooks);
             return;
           }
+          this.#onChunk();
           this.#ingest(this.#framer.push(result.value));
         }
       },
@@ -127,6 +142,14 @@ export class SseRelay {
       from = end;
     }
     return decisive;
+  }
+
+  #flush(controller: ReadableStreamDefaultController<Uint8Array>, hooks: RelayHooks): void {
+    for (const bytes of this.#ready) controller.enqueue(bytes);
+    this.#forwarded += this.#readyBytes;
+    this.#ready = [];
+    this.#readyBytes = 0;
+    hooks.onFirstByte();
   }
 
   #queue(bytes: Uint8Array): void {
@@ -163,12 +186,7 @@ export class SseRelay {
 
   #endOfStream(controller: ReadableStreamDefaultController<Uint8Array>, hooks: RelayHooks): void {
     this.#ingestRest();
-    if (this.#ready.length > 0) {
-      for (const bytes of this.#ready) controller.enqueue(bytes);
-      this.#ready = [];
-      this.#readyBytes = 0;
-      hooks.onFirstByte();
-    }
+    if (this.#ready.length > 0) this.#flush(controller, hooks);
     if (this.#assembler.complete || this.#errorMessage !== null) {
       controller.close();
       const error = this.#errorMessage === null ? null : "error_event";
@@ -187,7 +205,9 @@ export class SseRelay {
     message: string,
   ): void {
     if (kind !== "client_aborted" && this.#errorMessage === null) {
-      controller.enqueue(encoder.encode(this.#dialect.streamErrorEvent(message)));
+      const event = encoder.encode(this.#dialect.streamErrorEvent(message));
+      controller.enqueue(event);
+      this.#forwarded += event.length;
       hooks.onFirstByte();
     }
     controller.close();
@@ -202,6 +222,8 @@ export class SseRelay {
       response: this.#assembler.response(),
       streamEvents: this.#count,
       streamComplete: this.#assembler.complete,
+      bytesForwarded: this.#forwarded,
+      malformedEvents: this.#assembler.malformed,
     };
   }
 }
@@ -224,6 +246,7 @@ export function relayPlainBody(
 ): ReadableStream<Uint8Array> {
   const reader = body.getReader();
   const kept: Uint8Array[] = [];
+  let forwarded = 0;
   const summary = (error: AttemptError | null, message: string | null): RelayEnd => {
     const text = decoder.decode(concatBytes(kept));
     const parsed = tryParseJson(text);
@@ -234,6 +257,8 @@ export function relayPlainBody(
       response: parsed === undefined ? text : parsed,
       streamEvents: null,
       streamComplete: null,
+      bytesForwarded: forwarded,
+      malformedEvents: null,
     };
   };
   return new ReadableStream<Uint8Array>({
@@ -251,8 +276,10 @@ export function relayPlainBody(
         hooks.onEnd(summary(null, null));
         return;
       }
+      hooks.onChunk();
       kept.push(result.value);
       controller.enqueue(result.value);
+      forwarded += result.value.length;
       hooks.onFirstByte();
     },
     async cancel() {

@@ -1,49 +1,13 @@
 import { type Attempt, type AttemptError, fallsBack } from "./attempt.ts";
 import { spliceModel } from "./body.ts";
 import type { Config } from "./config.ts";
+import type { ProviderHealth } from "./health.ts";
+import { type Candidate, planCandidates } from "./plan.ts";
 import type { Dialect, UsageInjection } from "./providers/mod.ts";
 import type { Trace } from "./record.ts";
-import { type RelayEnd, type RelayHooks, relayPlainBody, SseRelay } from "./relay.ts";
-import { AttemptSignal, clientResponseHeaders, upstreamRequestHeaders } from "./upstream.ts";
-
-type Provider = Config["providers"][number];
-
-/** One (provider, upstream model) pair to try. */
-export interface Candidate {
-  provider: Provider;
-  model: string;
-}
-
-/**
- * The attempt order for a model: providers of the endpoint's type by ascending priority (ties in
- * config order), and for each, the mapping's targets that apply to it, in list order. A model
- * with no mapping is forwarded under its own name. Each pair appears once.
- */
-export function planCandidates(config: Config, dialect: Dialect, model: string): Candidate[] {
-  const targets = config.model_mapping[model] ?? [model];
-  const providers = config.providers
-    .filter((provider) => provider.type === dialect.type)
-    .sort((a, b) => a.priority - b.priority);
-  const seen = new Set<string>();
-  const candidates: Candidate[] = [];
-  for (const provider of providers) {
-    for (const target of targets) {
-      let upstreamModel: string;
-      if (typeof target === "string") {
-        if (provider.models !== undefined && !provider.models.includes(target)) continue;
-        upstreamModel = target;
-      } else {
-        if (target.provider !== provider.name) continue;
-        upstreamModel = target.model ?? model;
-      }
-      const key = JSON.stringify([provider.name, upstreamModel]);
-      if (seen.has(key)) continue;
-      seen.add(key);
-      candidates.push({ provider, model: upstreamModel });
-    }
-  }
-  return candidates;
-}
+import { SseRelay } from "./relay.ts";
+import { allFailed, clientGone, commitResponse, reject } from "./respond.ts";
+import { AttemptSignal, upstreamRequestHeaders } from "./upstream.ts";
 
 /** What the router needs of one validated client request. */
 export interface ForwardRequest {
@@ -57,74 +21,200 @@ export interface ForwardRequest {
   stream: boolean;
   signal: AbortSignal;
   trace: Trace;
+  /** When the request arrived, on the `now()` clock: timeouts count from here. */
+  arrived: number;
   /** Set when the router asks upstream for stream usage the client did not request. */
   usageInjection: UsageInjection | null;
 }
 
-/** Injected so tests can count or fail upstream calls without patching globals. */
+/** Shared state and effects, injected so tests can drive clocks and count upstream calls. */
 export interface RouterDeps {
   fetch: typeof fetch;
+  /** Monotonic milliseconds, for durations and deadlines. */
   now: () => number;
+  health: ProviderHealth;
+  /** Fires when the router stops waiting for in-flight requests at shutdown. */
+  shutdown: AbortSignal;
 }
 
-/**
- * Answers with the router's own error in the endpoint's format, and finishes the record with it.
- * `code` names the failure in both the body and the record's `error.type`.
- */
-export function reject(
-  request: { dialect: Dialect; trace: Trace },
-  status: number,
-  message: string,
-  code: string,
-): Response {
-  const { dialect, trace } = request;
-  const body = dialect.errorBody(status, message, code);
-  trace.record.status = status;
-  trace.record.error = { type: code, message };
-  trace.record.response = body;
-  trace.markFirstByte();
-  trace.finish();
-  return Response.json(body, { status, headers: { "x-request-id": trace.record.request_id } });
+/** How one attempt ended when it did not commit. */
+interface Failure {
+  candidate: Candidate;
+  error: AttemptError;
+  status: number | null;
+  /** An answer with a fallback status, kept unread in case it is the one the client gets. */
+  kept: { upstream: Response; signal: AttemptSignal } | null;
+}
+
+/** Lets go of a kept answer that the client will not get after all. */
+async function release(failure: Failure | null): Promise<void> {
+  if (failure?.kept == null) return;
+  failure.kept.signal.abandon();
+  await failure.kept.upstream.body?.cancel().catch(() => {});
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, ms);
+    signal.addEventListener("abort", done, { once: true });
+    function done() {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", done);
+      resolve();
+    }
+  });
+}
+
+/** Exponential backoff with full jitter before same-provider retry `n` (1-based). */
+function backoff(retries: Config["retries"], n: number): number {
+  return Math.random() * Math.min(retries.max_backoff_ms, retries.backoff_ms * 2 ** (n - 1));
 }
 
 /**
  * Tries the candidates in order until one commits, and returns the client's response. Nothing
  * reaches the client before the commit, so a failed attempt leaves no trace in its answer.
+ * Providers cooling down are passed over (listed in `skipped`) unless nothing else is left; when
+ * all else has failed, the router waits for the soonest one to recover if that fits in the
+ * request's time, rather than failing at once.
  */
 export async function forward(
   config: Config,
   request: ForwardRequest,
   deps: RouterDeps,
 ): Promise<Response> {
-  const { dialect, model } = request;
+  const { dialect, model, trace } = request;
   const candidates = planCandidates(config, dialect, model);
   if (candidates.length === 0) {
     const message = `No ${dialect.type} provider serves model "${model}"`;
     return reject(request, 404, message, "model_not_found");
   }
-  const bodies = new Map<string, Uint8Array<ArrayBuffer>>();
-  for (let i = 0; i < candidates.length; i++) {
-    const candidate = candidates[i];
-    let body = bodies.get(candidate.model);
-    if (body === undefined) {
-      body = candidate.model === model ? request.body : spliceModel(request.body, candidate.model);
-      if (request.usageInjection !== null) body = request.usageInjection.splice(body);
-      bodies.set(candidate.model, body);
+  const coolingUntil = (c: Candidate) => deps.health.coolingUntil(c.provider.name);
+  let queue = candidates.filter((c) => coolingUntil(c) === null);
+  let cooling = candidates.filter((c) => coolingUntil(c) !== null);
+  if (queue.length === 0) {
+    queue = cooling.sort((a, b) => coolingUntil(a)! - coolingUntil(b)!);
+    cooling = [];
+  }
+  for (const name of new Set(cooling.map((c) => c.provider.name))) {
+    trace.record.skipped.push({ provider: name, reason: "cooldown" });
+  }
+  const deadline = request.arrived + config.timeouts.total_ms;
+  const waited = new Set<Candidate>();
+  let failure: Failure | null = null;
+  for (;;) {
+    let candidate = queue.shift();
+    if (candidate === undefined) {
+      candidate = await waitForRecovery(
+        [...cooling, ...candidates],
+        waited,
+        deadline,
+        request,
+        deps,
+      );
+      if (candidate === undefined) break;
     }
-    const response = await attempt(request, candidate, body, i === candidates.length - 1, deps);
-    if (response !== null) return response;
-    if (request.signal.aborted) break;
+    await release(failure);
+    const last = queue.length === 0 && cooling.length === 0;
+    const outcome = await tryCandidate(config, request, candidate, last, deps);
+    if (outcome instanceof Response) return outcome;
+    failure = outcome;
+    if (request.signal.aborted || deps.shutdown.aborted) break;
+  }
+  if (request.signal.aborted) {
+    await release(failure);
+    return clientGone(trace);
+  }
+  if (failure?.kept) {
+    // The last answer, a fallback status with nothing left to try, goes out unchanged.
+    const { upstream, signal } = failure.kept;
+    signal.commit();
+    return commitResponse(
+      {
+        dialect,
+        trace,
+        candidate: failure.candidate,
+        signal,
+        close: () => {},
+        onOutcome: () => {},
+      },
+      upstream,
+      null,
+    );
   }
   return allFailed(request);
 }
 
+/**
+ * With nothing left to try, picks the candidate whose provider recovers soonest (a cooldown,
+ * or a `Retry-After` it sent) and waits for it, if that fits before the request's deadline.
+ */
+async function waitForRecovery(
+  pool: Candidate[],
+  waited: Set<Candidate>,
+  deadline: number,
+  request: ForwardRequest,
+  deps: RouterDeps,
+): Promise<Candidate | undefined> {
+  let best: { candidate: Candidate; wait: number } | undefined;
+  for (const candidate of pool) {
+    if (waited.has(candidate)) continue;
+    const until = deps.health.coolingUntil(candidate.provider.name);
+    if (
+      until === null &&
+      !request.trace.record.skipped.some((s) => s.provider === candidate.provider.name)
+    ) {
+      continue;
+    }
+    const wait = until === null ? 0 : until - Date.now();
+    if (best === undefined || wait < best.wait) best = { candidate, wait };
+  }
+  if (best === undefined || deps.now() + best.wait >= deadline) return undefined;
+  waited.add(best.candidate);
+  await sleep(best.wait, AbortSignal.any([request.signal, deps.shutdown]));
+  return request.signal.aborted || deps.shutdown.aborted ? undefined : best.candidate;
+}
+
+/**
+ * One candidate, with its same-provider retries (connection errors and 5xx only, with
+ * exponential backoff and jitter): a committed response, or how it failed.
+ */
+async function tryCandidate(
+  config: Config,
+  request: ForwardRequest,
+  candidate: Candidate,
+  last: boolean,
+  deps: RouterDeps,
+): Promise<Response | Failure> {
+  let body = candidate.model === request.model
+    ? request.body
+    : spliceModel(request.body, candidate.model);
+  if (request.usageInjection !== null) body = request.usageInjection.splice(body);
+  for (let retry = 0;; retry++) {
+    const retriesLeft = retry < config.retries.per_provider;
+    const outcome = await attempt(config, request, candidate, body, last && !retriesLeft, deps);
+    if (outcome instanceof Response) return outcome;
+    const retryable = outcome.error === "connect_error" ||
+      (outcome.status !== null && outcome.status >= 500);
+    const wait = backoff(config.retries, retry + 1);
+    if (
+      !retriesLeft || !retryable || deps.now() + wait >= request.arrived + config.timeouts.total_ms
+    ) {
+      return outcome;
+    }
+    await release(outcome);
+    await sleep(wait, AbortSignal.any([request.signal, deps.shutdown]));
+    if (request.signal.aborted || deps.shutdown.aborted) return outcome;
+  }
+}
+
 async function attempt(
+  config: Config,
   request: ForwardRequest,
   candidate: Candidate,
   body: Uint8Array<ArrayBuffer>,
   last: boolean,
   deps: RouterDeps,
-): Promise<Response | null> {
+): Promise<Response | Failure> {
   const { provider } = candidate;
   const started = deps.now();
   const record: Attempt = {
@@ -139,7 +229,17 @@ async function attempt(
     record.error = error;
     record.duration_ms = Math.round((deps.now() - started) * 100) / 100;
   };
-  const signal = new AttemptSignal(request.signal, provider.timeout_ms);
+  const failed = (error: AttemptError, kept: Failure["kept"], headers: Headers | null): Failure => {
+    close(error);
+    const status = record.status;
+    deps.health.failed(provider.name, { error, status, headers }, config.cooldown);
+    return { error, status, kept, candidate };
+  };
+  const signal = new AttemptSignal([request.signal, deps.shutdown], {
+    firstByteMs: provider.timeouts.first_byte_ms,
+    idleMs: provider.timeouts.idle_ms,
+    deadline: request.arrived + provider.timeouts.total_ms,
+  }, deps.now);
   let upstream: Response;
   try {
     upstream = await deps.fetch(provider.base_url + request.upstreamPath + request.search, {
@@ -150,29 +250,42 @@ async function attempt(
     });
   } catch {
     signal.abandon();
-    close(signal.failureKind());
-    return null;
+    return failed(signal.failureKind(), null, null);
   }
   record.status = upstream.status;
-  const isSse = (upstream.headers.get("content-type") ?? "").includes("text/event-stream");
-  if (fallsBack(upstream.status) && !last) {
+  if (fallsBack(upstream.status)) {
+    if (last) return failed("http_status", { upstream, signal }, upstream.headers);
     signal.abandon();
     await upstream.body?.cancel().catch(() => {});
-    close("http_status");
-    return null;
+    return failed("http_status", null, upstream.headers);
   }
-  if (!isSse || upstream.body === null || fallsBack(upstream.status)) {
+  const context = {
+    dialect: request.dialect,
+    trace: request.trace,
+    candidate,
+    signal,
+    close,
+    onOutcome: (error: AttemptError | null) => {
+      if (error === null) deps.health.succeeded(provider.name);
+      else {deps.health.failed(
+          provider.name,
+          { error, status: null, headers: null },
+          config.cooldown,
+        );}
+    },
+  };
+  const isSse = (upstream.headers.get("content-type") ?? "").includes("text/event-stream");
+  if (!isSse || upstream.body === null) {
     signal.commit();
-    return commit(request, candidate, upstream, signal, close, null);
+    return commitResponse(context, upstream, null);
   }
-  const relay = new SseRelay(
-    upstream.body,
-    request.dialect,
-    request.usageInjection?.filter ?? null,
-  );
+  const relay = new SseRelay(upstream.body, request.dialect, {
+    filter: request.usageInjection?.filter ?? null,
+    onChunk: () => signal.touch(),
+  });
   if (last) {
     relay.onFirstOutput = () => signal.commit();
-    return commit(request, candidate, upstream, signal, close, relay);
+    return commitResponse(context, upstream, relay);
   }
   let verdict: AttemptError | "commit";
   try {
@@ -183,93 +296,8 @@ async function attempt(
   if (verdict !== "commit") {
     signal.abandon();
     await relay.discard();
-    close(verdict);
-    return null;
+    return failed(verdict, null, null);
   }
   signal.commit();
-  return commit(request, candidate, upstream, signal, close, relay);
-}
-
-/** Hands the provider's answer to the client; the record is finished when its body ends. */
-function commit(
-  request: ForwardRequest,
-  candidate: Candidate,
-  upstream: Response,
-  signal: AttemptSignal,
-  close: (error: AttemptError | null) => void,
-  relay: SseRelay | null,
-): Response {
-  const { trace, dialect } = request;
-  const record = trace.record;
-  record.provider = candidate.provider.name;
-  record.upstream_model = candidate.model;
-  record.status = upstream.status;
-  const headers = clientResponseHeaders(upstream.headers);
-  const upstreamRequestId = headers.get("x-request-id");
-  if (upstreamRequestId !== null) {
-    headers.set("x-llm-router-upstream-request-id", upstreamRequestId);
-  }
-  headers.set("x-request-id", record.request_id);
-  headers.set("x-llm-router-provider", candidate.provider.name);
-  headers.set("x-llm-router-attempts", String(record.attempts.length));
-  const hooks: RelayHooks = {
-    onFirstByte: () => trace.markFirstByte(),
-    failureKind: () => signal.failureKind("stream_interrupted"),
-    onEnd: (end: RelayEnd) => {
-      signal.abandon();
-      const httpError = fallsBack(upstream.status) || upstream.status >= 400;
-      close(end.error ?? (httpError ? "http_status" : null));
-      record.usage = end.usage;
-      record.response = end.response;
-      record.stream_events = end.streamEvents;
-      record.stream_complete = end.streamComplete;
-      if (end.error === "client_aborted") record.status = 499;
-      if (end.error !== null) {
-        record.error = { type: end.error, message: end.message ?? end.error };
-      } else if (httpError) {
-        record.error = { type: "http_status", message: `Provider answered ${upstream.status}` };
-      }
-      trace.finish();
-    },
-  };
-  if (upstream.body === null) {
-    trace.markFirstByte();
-    hooks.onEnd({
-      error: null,
-      message: null,
-      usage: null,
-      response: null,
-      streamEvents: null,
-      streamComplete: null,
-    });
-    return new Response(null, { status: upstream.status, headers });
-  }
-  const body = relay === null
-    ? relayPlainBody(upstream.body, dialect, hooks)
-    : relay.clientStream(hooks);
-  return new Response(body, { status: upstream.status, statusText: upstream.statusText, headers });
-}
-
-/** Every attempt failed before any provider answered: 502 or 504 listing what happened. */
-function allFailed(request: ForwardRequest): Response {
-  const { trace } = request;
-  const attempts = trace.record.attempts;
-  const last = attempts[attempts.length - 1];
-  if (last?.error === "client_aborted" || request.signal.aborted) {
-    trace.record.status = 499;
-    trace.record.error = { type: "client_aborted", message: "Client closed the connection" };
-    trace.finish();
-    return new Response(null, { status: 499 });
-  }
-  const timedOut = last?.error === "timeout";
-  const status = timedOut ? 504 : 502;
-  const list = attempts.map((a) => `${a.provider} (${a.model}): ${describe(a)}`).join("; ");
-  const message = `All ${attempts.length} attempt(s) failed: ${list}`;
-  const code = timedOut ? "upstream_timeout" : "upstream_unavailable";
-  return reject(request, status, message, code);
-}
-
-function describe(attempt: Attempt): string {
-  if (attempt.error === "http_status") return `HTTP ${attempt.status}`;
-  return attempt.error ?? "failed";
+  return commitResponse(context, upstream, relay);
 }

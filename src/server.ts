@@ -16,9 +16,15 @@ export interface ServerOptions {
   onRecord?(record: RequestRecord): void;
 }
 
-/** A running router; `stop` lets in-flight requests finish and writes every queued record. */
+/** A running router. */
 export interface RunningServer {
   port: number;
+  /** New requests use `config`; requests in flight keep the one they started with. */
+  reload(config: Config): void;
+  /**
+   * Stops accepting, lets in-flight requests finish for up to `shutdown.grace_ms`, then aborts
+   * the rest, and writes every queued record.
+   */
   stop(): Promise<void>;
 }
 
@@ -29,9 +35,11 @@ export function configSecrets(config: Config): string[] {
 
 /** Binds the router to a socket with its request log: shared by `main.ts` and the demo. */
 export function startServer(config: Config, options: ServerOptions): RunningServer {
+  let current = config;
+  const secrets = configSecrets(config);
   const log = createRecordSink(config.logging, {
     dir: options.logDir,
-    secrets: configSecrets(config),
+    secrets,
     onError: (message) => options.ops.log("error", message),
   });
   const onRecord = options.onRecord;
@@ -45,6 +53,7 @@ export function startServer(config: Config, options: ServerOptions): RunningServ
       return log.writeErrors;
     },
   };
+  const shutdown = new AbortController();
   const server = Deno.serve({
     hostname: options.host,
     port: options.port,
@@ -52,11 +61,20 @@ export function startServer(config: Config, options: ServerOptions): RunningServ
       const host = hostname.includes(":") ? `[${hostname}]` : hostname;
       options.onListen(`http://${host}:${port}`);
     },
-  }, createHandler(config, { sink }));
+  }, createHandler(() => current, { sink, shutdown: shutdown.signal }));
   return {
     port: server.addr.port,
+    reload(next) {
+      current = next;
+      secrets.splice(0, secrets.length, ...configSecrets(next));
+    },
     async stop() {
+      const grace = setTimeout(() => {
+        options.ops.log("warn", "Grace period over: aborting requests still in flight");
+        shutdown.abort(new DOMException("Router is shutting down", "AbortError"));
+      }, current.shutdown.grace_ms);
       await server.shutdown();
+      clearTimeout(grace);
       await sink.close();
     },
   };

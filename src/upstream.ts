@@ -61,43 +61,91 @@ export function clientResponseHeaders(upstream: Headers): Headers {
   return copyHeaders(upstream, RESPONSE_DROPPED);
 }
 
+/** How long one attempt may take; `deadline` is on the `now()` clock. */
+export interface AttemptLimits {
+  firstByteMs: number;
+  idleMs: number;
+  deadline: number;
+}
+
+type TimeoutName = "first_byte" | "idle" | "total";
+
 /**
- * The abort signal of one attempt: the client's own signal combined with the attempt's deadline
- * for reaching its commit point. Committing clears the deadline; the client's signal stays, so a
- * client that leaves still aborts the upstream request.
+ * The abort signal of one attempt: the client's own signal (and the router's shutdown signal)
+ * combined with the attempt's timeouts. The first-byte timeout runs until the commit point; the
+ * idle timeout, once the body flows, fires after a gap between chunks; the total one at the
+ * request's deadline. Aborting frees the upstream connection at once.
  */
 export class AttemptSignal {
   readonly signal: AbortSignal;
   #client: AbortSignal;
-  #deadline = new AbortController();
-  #timer: ReturnType<typeof setTimeout> | undefined;
+  #timeout = new AbortController();
+  #timers: ReturnType<typeof setTimeout>[] = [];
+  #firstByte: ReturnType<typeof setTimeout> | undefined;
+  #idle: ReturnType<typeof setTimeout> | undefined;
+  #limits: AttemptLimits;
+  #now: () => number;
+  #lastActivity = 0;
 
-  constructor(client: AbortSignal, timeoutMs: number) {
-    this.#client = client;
-    this.#timer = setTimeout(() => {
-      this.#deadline.abort(new DOMException("Attempt timed out", "TimeoutError"));
-    }, timeoutMs);
-    this.signal = AbortSignal.any([client, this.#deadline.signal]);
+  constructor(parents: AbortSignal[], limits: AttemptLimits, now: () => number) {
+    this.#client = parents[0];
+    this.#limits = limits;
+    this.#now = now;
+    this.#firstByte = setTimeout(() => this.#fire("first_byte"), limits.firstByteMs);
+    this.#timers.push(setTimeout(() => this.#fire("total"), Math.max(0, limits.deadline - now())));
+    this.signal = AbortSignal.any([...parents, this.#timeout.signal]);
   }
 
-  /** Stops the commit deadline. */
-  commit(): void {
-    clearTimeout(this.#timer);
-  }
-
-  /** Aborts an attempt the router gives up on, freeing its connection at once. */
-  abandon(): void {
-    clearTimeout(this.#timer);
-    if (!this.#deadline.signal.aborted) {
-      this.#deadline.abort(new DOMException("Abandoned", "AbortError"));
+  #fire(name: TimeoutName): void {
+    this.#clear();
+    if (!this.#timeout.signal.aborted) {
+      this.#timeout.abort(new DOMException(`${name} timeout`, "TimeoutError"));
     }
+  }
+
+  #clear(): void {
+    clearTimeout(this.#firstByte);
+    clearTimeout(this.#idle);
+    for (const timer of this.#timers) clearTimeout(timer);
+  }
+
+  /** The attempt reached its commit point: the first-byte timeout no longer applies. */
+  commit(): void {
+    clearTimeout(this.#firstByte);
+  }
+
+  /** A chunk arrived. The idle timer is re-armed lazily, not once per chunk. */
+  touch(): void {
+    this.#lastActivity = this.#now();
+    if (this.#idle === undefined) this.#armIdle(this.#limits.idleMs);
+  }
+
+  #armIdle(ms: number): void {
+    this.#idle = setTimeout(() => {
+      const quiet = this.#now() - this.#lastActivity;
+      if (quiet >= this.#limits.idleMs - 1) this.#fire("idle");
+      else this.#armIdle(this.#limits.idleMs - quiet);
+    }, ms);
+  }
+
+  /** Ends the attempt's timers and aborts whatever of it is still running. */
+  abandon(): void {
+    this.#clear();
+    if (!this.#timeout.signal.aborted) {
+      this.#timeout.abort(new DOMException("Attempt abandoned", "AbortError"));
+    }
+  }
+
+  /** Which timeout ended the attempt, if one did. */
+  get timedOut(): TimeoutName | null {
+    const reason = this.#timeout.signal.reason;
+    if (!(reason instanceof DOMException) || reason.name !== "TimeoutError") return null;
+    return reason.message.split(" ")[0] as TimeoutName;
   }
 
   /** Names what a failed fetch (or, with `otherwise`, a failed body read) ran into. */
   failureKind(otherwise: AttemptError = "connect_error"): AttemptError {
     if (this.#client.aborted) return "client_aborted";
-    const reason = this.#deadline.signal.reason;
-    if (reason instanceof DOMException && reason.name === "TimeoutError") return "timeout";
-    return otherwise;
+    return this.timedOut === null ? otherwise : "timeout";
   }
 }

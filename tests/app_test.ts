@@ -23,7 +23,7 @@ const ROUTES: Record<Api, string[]> = {
   anthropic: ["/anthropic/v1/messages"],
 };
 
-/** Every field DESIGN.md lists for the log record, in its order. */
+/** Every field DESIGN.md lists for the log record, in its order, and the router's additions. */
 const RECORD_FIELDS = [
   "ts",
   "request_id",
@@ -45,6 +45,7 @@ const RECORD_FIELDS = [
   "response",
   "stream_events",
   "stream_complete",
+  "bytes_forwarded",
   "error",
 ];
 

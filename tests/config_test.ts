@@ -58,6 +58,8 @@ async function configErrorAsync(promise: Promise<unknown>): Promise<ConfigError>
   assert.fail("expected a ConfigError");
 }
 
+const DEFAULT_TIMEOUTS = { first_byte_ms: 60000, idle_ms: 120000, total_ms: 600000 };
+
 Deno.test("config parses the seed example and applies defaults", () => {
   const config: Config = parseConfig(JSON.stringify(SEED), env);
   assert.deepEqual(config, {
@@ -72,7 +74,7 @@ Deno.test("config parses the seed example and applies defaults", () => {
         api_key: "sk-openai",
         base_url: "https://api.openai.com/v1",
         priority: 1,
-        timeout_ms: 60000,
+        timeouts: DEFAULT_TIMEOUTS,
       },
       {
         name: "azure-east",
@@ -80,7 +82,7 @@ Deno.test("config parses the seed example and applies defaults", () => {
         api_key: "az-key",
         base_url: "https://example.openai.azure.com/openai/v1",
         priority: 2,
-        timeout_ms: 60000,
+        timeouts: DEFAULT_TIMEOUTS,
       },
       {
         name: "anthropic-main",
@@ -88,9 +90,14 @@ Deno.test("config parses the seed example and applies defaults", () => {
         api_key: "sk-ant",
         base_url: "https://api.anthropic.com",
         priority: 1,
-        timeout_ms: 60000,
+        timeouts: DEFAULT_TIMEOUTS,
       },
     ],
+    timeouts: DEFAULT_TIMEOUTS,
+    cooldown: { failures: 3, window_ms: 60000, duration_ms: 30000, max_retry_after_ms: 60000 },
+    retries: { per_provider: 0, backoff_ms: 200, max_backoff_ms: 2000 },
+    limits: { max_request_bytes: 32 * 1024 * 1024 },
+    shutdown: { grace_ms: 30000 },
     logging: {
       enabled: true,
       target: "file",
@@ -338,4 +345,28 @@ Deno.test("loadConfig names an unreadable path and the reason", async () => {
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("config resolves each provider's timeouts: its own, its timeout_ms, then the global", () => {
+  const config = parseConfig(
+    JSON.stringify({
+      timeouts: { first_byte_ms: 5000, idle_ms: 7000 },
+      providers: [
+        { name: "a", type: "openai" },
+        { name: "b", type: "openai", timeout_ms: 1000 },
+        {
+          name: "c",
+          type: "openai",
+          timeout_ms: 1000,
+          timeouts: { first_byte_ms: 2000, total_ms: 9000 },
+        },
+      ],
+    }),
+    noEnv,
+  );
+  assert.deepEqual(config.providers.map((p) => p.timeouts), [
+    { first_byte_ms: 5000, idle_ms: 7000, total_ms: 600000 },
+    { first_byte_ms: 1000, idle_ms: 7000, total_ms: 600000 },
+    { first_byte_ms: 2000, idle_ms: 7000, total_ms: 9000 },
+  ]);
 });

@@ -283,6 +283,8 @@ for (const api of APIS) {
     const second = always(jsonReply(body, 429, headers));
     const config = {
       providers: [provider("first", api, first.url), provider("second", api, second.url)],
+      // Shorter than the Retry-After, so the router does not wait for the second to recover.
+      timeouts: { total_ms: 1500 },
     };
     await withRouter(config, [first, second], async (router) => {
       const res = await post(router, api, requestText(api, "model-x"));

@@ -43,7 +43,7 @@ export function startRouter(config: Config | object): RunningRouter {
   const sink = new MemorySink();
   const server = Deno.serve(
     { port: 0, hostname: "127.0.0.1", onListen() {} },
-    createHandler(parsed, { sink }),
+    createHandler(() => parsed, { sink }),
   );
   return {
     url: `http://127.0.0.1:${server.addr.port}`,

@@ -14,6 +14,7 @@ function mergeDefined(into: JsonObject, from: JsonObject): void {
 /** Rebuilds a `message` object from Messages API stream events. */
 class MessageStreamAssembler implements StreamAssembler {
   complete = false;
+  malformed = 0;
   usage: JsonObject | null = null;
   #message: JsonObject | null = null;
   #blocks: JsonObject[] = [];
@@ -23,7 +24,10 @@ class MessageStreamAssembler implements StreamAssembler {
     const data = asObject(tryParseJson(event.data));
     const type = data?.type ?? event.event;
     if (type === "error") return "error";
-    if (data === null) return "hold";
+    if (data === null) {
+      this.malformed++;
+      return "hold";
+    }
     switch (type) {
       case "message_start": {
         this.#message = { ...asObject(data.message) };

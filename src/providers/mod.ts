@@ -19,6 +19,8 @@ export interface StreamAssembler {
   add(event: EventSourceMessage): EventRole;
   /** True once the stream's own end marker (`[DONE]`, `message_stop`) arrived. */
   readonly complete: boolean;
+  /** Events whose data could not be parsed: the log says the stream was malformed. */
+  readonly malformed: number;
   /** The API's usage object as sent (merged across events), or null when none came. */
   readonly usage: JsonObject | null;
   /** The reassembled response, shaped like the API's non-streaming answer. */

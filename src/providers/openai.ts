@@ -27,6 +27,7 @@ function nonEmpty(value: unknown): boolean {
 /** Rebuilds a `chat.completion` object from `chat.completion.chunk` events. */
 class ChatStreamAssembler implements StreamAssembler {
   complete = false;
+  malformed = 0;
   usage: JsonObject | null = null;
   #head: JsonObject | null = null;
   #choices = new Map<number, Choice>();
@@ -37,7 +38,10 @@ class ChatStreamAssembler implements StreamAssembler {
       return "output";
     }
     const chunk = asObject(tryParseJson(event.data));
-    if (chunk === null) return "hold";
+    if (chunk === null) {
+      this.malformed++;
+      return "hold";
+    }
     if (chunk.error !== undefined) return "error";
     // Azure's first chunk can be a content-filter note with an empty id and model.
     if (this.#head === null || (!this.#head.id && chunk.id)) this.#head = chunk;

@@ -1,0 +1,94 @@
+import { asObject, type JsonObject, tryParseJson } from "./json.ts";
+
+/** A client body that passed the router's checks. */
+export interface ClientBody {
+  bytes: Uint8Array<ArrayBuffer>;
+  fields: JsonObject;
+  /** What the record logs: the parsed body, or its text when it is not JSON. */
+  logged: unknown;
+}
+
+/** Why a body was refused: the status, a clear message, and a code for the record. */
+export interface Refusal {
+  status: number;
+  message: string;
+  code: string;
+  logged: unknown;
+}
+
+const decoder = new TextDecoder();
+
+/**
+ * Reads at most `limit` bytes: a declared or actual size beyond it is refused without reading
+ * the rest into memory. Null means the body was larger.
+ */
+async function readLimited(
+  request: Request,
+  limit: number,
+): Promise<Uint8Array<ArrayBuffer> | null> {
+  const declared = Number(request.headers.get("content-length") ?? NaN);
+  if (declared > limit) return null;
+  if (request.body === null) return new Uint8Array(0);
+  const parts: Uint8Array[] = [];
+  let size = 0;
+  const reader = request.body.getReader();
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.length;
+    if (size > limit) {
+      await reader.cancel().catch(() => {});
+      return null;
+    }
+    parts.push(value);
+  }
+  const bytes = new Uint8Array(size);
+  let at = 0;
+  for (const part of parts) {
+    bytes.set(part, at);
+    at += part.length;
+  }
+  return bytes;
+}
+
+function isJsonType(contentType: string | null): boolean {
+  if (contentType === null) return false;
+  const type = contentType.split(";")[0].trim().toLowerCase();
+  return type === "application/json" || type.endsWith("+json");
+}
+
+/**
+ * Reads and checks a client's body: size, JSON, an object with a string `model` and, if
+ * present, a boolean `stream`. A missing or non-JSON content type is accepted when the body
+ * parses; otherwise it is what the client got wrong (415).
+ */
+export async function readClientBody(
+  request: Request,
+  maxBytes: number,
+): Promise<ClientBody | Refusal> {
+  const bytes = await readLimited(request, maxBytes);
+  if (bytes === null) {
+    const message = `Request body is larger than the limit of ${maxBytes} bytes`;
+    return { status: 413, message, code: "request_too_large", logged: null };
+  }
+  const text = decoder.decode(bytes);
+  const json = tryParseJson(text);
+  const logged = json === undefined ? text : json;
+  const fields = asObject(json);
+  if (json === undefined && !isJsonType(request.headers.get("content-type"))) {
+    const message = "Request body must be JSON sent as Content-Type: application/json";
+    return { status: 415, message, code: "unsupported_media_type", logged };
+  }
+  if (fields === null) {
+    const what = json === undefined ? "valid JSON" : "a JSON object";
+    return { status: 400, message: `Request body must be ${what}`, code: "invalid_body", logged };
+  }
+  if (typeof fields.model !== "string") {
+    const message = 'Request body needs a string "model" field';
+    return { status: 400, message, code: "invalid_model", logged };
+  }
+  if (fields.stream !== undefined && typeof fields.stream !== "boolean") {
+    return { status: 400, message: '"stream" must be a boolean', code: "invalid_stream", logged };
+  }
+  return { bytes, fields, logged };
+}
