@@ -9,6 +9,24 @@ import { startServer } from "./src/server.ts";
 
 const EXIT_USAGE = 2;
 
+/**
+ * Calls `onChange` after `path` changes, once per burst of events. The directory is watched,
+ * not the file, since editors replace a file rather than write it in place.
+ */
+function watchFile(path: string, onChange: () => void): void {
+  const slash = path.lastIndexOf("/");
+  const dir = slash === -1 ? "." : path.slice(0, slash) || "/";
+  const name = path.slice(slash + 1);
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  (async () => {
+    for await (const event of Deno.watchFs(dir, { recursive: false })) {
+      if (!event.paths.some((changed) => changed.endsWith(`/${name}`))) continue;
+      clearTimeout(timer);
+      timer = setTimeout(onChange, 100);
+    }
+  })();
+}
+
 async function main(): Promise<number> {
   let cli;
   try {
@@ -41,6 +59,22 @@ async function main(): Promise<number> {
       ops.log("info", "Started", { url, providers: config.providers.length });
     },
   });
+
+  const env = (name: string) => Deno.env.get(name);
+  const reload = async (cause: string) => {
+    try {
+      const next = await loadConfig({ path: cli.config, env });
+      server.reload(next);
+      ops.log("info", "Config reloaded", { cause, providers: next.providers.length });
+    } catch (error) {
+      const problems = error instanceof ConfigError ? error.problems : [String(error)];
+      ops.log("error", "Config reload rejected, the running config stays", { cause, problems });
+    }
+  };
+  if (Deno.build.os !== "windows") Deno.addSignalListener("SIGHUP", () => reload("SIGHUP"));
+  if (cli.watchConfig && cli.config !== undefined) {
+    watchFile(cli.config, () => reload("file changed"));
+  }
 
   const stopping = Promise.withResolvers<Deno.Signal>();
   let signalled = false;

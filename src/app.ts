@@ -10,6 +10,7 @@ import { reject } from "./respond.ts";
 import { forward, type RouterDeps } from "./router.ts";
 import { Stats } from "./stats.ts";
 import { annotateSpan } from "./telemetry.ts";
+import { VERSION } from "./version.ts";
 
 /** An API endpoint the router serves: which dialect, and where it goes under `base_url`. */
 interface ApiRoute {
@@ -22,6 +23,8 @@ const API_ROUTES: Record<string, ApiRoute> = {
   "/openai/v1/chat/completions": { dialect: dialects.openai, upstreamPath: "/chat/completions" },
   "/anthropic/v1/messages": { dialect: dialects.anthropic, upstreamPath: "/v1/messages" },
 };
+
+const tracer = otel.getTracer("llm-api-router", VERSION);
 
 /** What the handler needs from the outside world; tests inject their own. */
 export interface AppDeps extends Partial<RouterDeps> {
@@ -66,13 +69,17 @@ export function createHandler(
   };
   const startTrace = (request: Request, url: URL, dialect: Dialect) => {
     const span = otel.getActiveSpan();
+    // Deno's server span ends when the handler returns; this one lasts until the body has ended.
+    const requestSpan = span === undefined ? undefined : tracer.startSpan("llm_router.request");
     const secrets = clientSecrets(request.headers);
     const trace = new Trace(
       { requestId: crypto.randomUUID(), path: url.pathname, now: routerDeps.now },
       (record) => {
         stats.add(record);
         sink.write(record, secrets);
-        if (span !== undefined) annotateSpan(span, record);
+        if (requestSpan === undefined) return;
+        annotateSpan(requestSpan, record);
+        requestSpan.end();
       },
     );
     trace.record.endpoint = dialect.type;

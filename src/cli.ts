@@ -17,6 +17,8 @@ export interface CliOptions {
   port: number;
   logDir: string;
   logLevel: LogLevel;
+  /** Reload the config file whenever it changes (SIGHUP always reloads it). */
+  watchConfig: boolean;
 }
 
 /** A request to print `text` and exit successfully instead of serving. */
@@ -53,6 +55,7 @@ Options:
   --log-dir DIR   Directory for the JSON-lines request log (default: ${CLI_DEFAULTS.logDir})
   --log-level L   Lowest operational message printed on stderr: debug, info, warn, error
                   (default: ${CLI_DEFAULTS.logLevel})
+  --watch-config  Reload the config file when it changes (SIGHUP reloads it too)
   -h, --help      Show this help and exit
   -V, --version   Show the version and exit
 
@@ -72,6 +75,7 @@ export function parseCli(args: string[]): CliOptions | CliUsage {
     port: values.port === undefined ? CLI_DEFAULTS.port : parsePort(values.port),
     logDir: nonEmpty("--log-dir", values["log-dir"]),
     logLevel: parseLevel(values["log-level"]),
+    watchConfig: values["watch-config"] === true,
   };
 }
 
@@ -87,6 +91,7 @@ function parseFlags(args: string[]) {
         port: { type: "string" },
         "log-dir": { type: "string", default: CLI_DEFAULTS.logDir },
         "log-level": { type: "string", default: CLI_DEFAULTS.logLevel },
+        "watch-config": { type: "boolean" },
         help: { type: "boolean", short: "h" },
         version: { type: "boolean", short: "V" },
       },

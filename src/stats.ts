@@ -1,4 +1,4 @@
-import type { AttemptError } from "./attempt.ts";
+import type { Attempt, AttemptError } from "./attempt.ts";
 import { dialects, type TokenCounts } from "./providers/mod.ts";
 import type { RequestRecord } from "./record.ts";
 
@@ -30,13 +30,11 @@ export class Histogram {
     this.#next = (this.#next + 1) % RECENT;
   }
 
-  /** p50/p95/p99 in milliseconds over the recent samples, null when there are none. */
+  /** Nearest-rank p50/p95/p99 in milliseconds over the recent samples; null when none. */
   percentiles(): { p50: number | null; p95: number | null; p99: number | null } {
     const sorted = [...this.#recent].sort((a, b) => a - b);
     const at = (q: number) =>
-      sorted.length === 0
-        ? null
-        : sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
+      sorted.length === 0 ? null : sorted[Math.max(0, Math.ceil(q * sorted.length) - 1)];
     return { p50: at(0.5), p95: at(0.95), p99: at(0.99) };
   }
 }
@@ -98,7 +96,7 @@ export class Stats {
     record.attempts.forEach((attempt, i) => {
       const provider = series(this.providers, attempt.provider);
       provider.requests++;
-      const outcome = JSON.stringify([attempt.provider, attempt.error ?? "ok"]);
+      const outcome = JSON.stringify([attempt.provider, outcomeOf(attempt)]);
       this.attempts.set(outcome, (this.attempts.get(outcome) ?? 0) + 1);
       if (attempt.error === null) {
         provider.successes++;
@@ -161,6 +159,12 @@ export class Stats {
       models: view(this.models),
     };
   }
+}
+
+/** An attempt's outcome label: `ok`, `client_aborted`, or its failure reason. */
+function outcomeOf(attempt: Attempt): string {
+  if (attempt.error === null || attempt.error === "client_aborted") return attempt.error ?? "ok";
+  return failureReason(attempt.status, attempt.error);
 }
 
 function series(map: Map<string, SeriesStats>, name: string): SeriesStats {

@@ -3,10 +3,10 @@ import { dialects } from "./providers/mod.ts";
 import type { RequestRecord } from "./record.ts";
 
 /**
- * With Deno's built-in OpenTelemetry on (`OTEL_DENO=true`), the request's span carries who
- * answered; without it there is no span and this never runs. Attributes follow the GenAI
- * semantic conventions where one exists. Called at commit and again when the record is done,
- * since a stream's usage is known only at its end (by when the span may have closed).
+ * With Deno's built-in OpenTelemetry on (`OTEL_DENO=true`), spans carry who answered; without
+ * it there is no span and this never runs. Attributes follow the GenAI semantic conventions
+ * where one exists. Deno's server span gets them at the commit (it closes when the handler
+ * returns); the router's own `llm_router.request` span gets them, usage included, at the end.
  */
 export function annotateSpan(span: Span, record: RequestRecord): void {
   const attributes: Record<string, string | number> = {};

@@ -20,6 +20,7 @@ Deno.test("cli applies defaults with no flags", () => {
     port: 8000,
     logDir: "logs",
     logLevel: "info",
+    watchConfig: false,
   });
 });
 
@@ -35,6 +36,7 @@ Deno.test("cli reads every flag", () => {
     "/tmp/l",
     "--log-level",
     "warn",
+    "--watch-config",
   ];
   assert.deepEqual(parseCli(args), {
     kind: "run",
@@ -43,6 +45,7 @@ Deno.test("cli reads every flag", () => {
     port: 9000,
     logDir: "/tmp/l",
     logLevel: "warn",
+    watchConfig: true,
   });
 });
 
