@@ -40,42 +40,43 @@ async function main(): Promise<number> {
     console.log(cli.text);
     return 0;
   }
+  const env = (name: string) => {
+    try {
+      return Deno.env.get(name);
+    } catch {
+      throw new ConfigError(
+        `Environment variable ${name} may not be read: allow it with --allow-env=${name}`,
+      );
+    }
+  };
   let config;
   try {
-    config = await loadConfig({ path: cli.config, env: (name) => Deno.env.get(name) });
+    config = await loadConfig({ path: cli.config, env });
   } catch (error) {
     if (!(error instanceof ConfigError)) throw error;
     console.error(`Invalid config:\n${error.message}`);
     return EXIT_USAGE;
   }
+  const logsToFile = config.logging.enabled && config.logging.target === "file";
+  const canWrite = Deno.permissions.querySync({ name: "write", path: cli.logDir });
+  if (logsToFile && canWrite.state !== "granted") {
+    console.error(
+      `No permission to write the log directory "${cli.logDir}": run with ` +
+        `--allow-write=${cli.logDir}, or set logging.target to "stdout"`,
+    );
+    return EXIT_USAGE;
+  }
   const ops = stderrOpsLog(cli.logLevel);
-  const server = startServer(config, {
-    host: cli.host,
-    port: cli.port,
-    logDir: cli.logDir,
-    ops,
-    onListen: (url) => {
-      console.log(`listening on ${url}`);
-      ops.log("info", "Started", { url, providers: config.providers.length });
-    },
-  });
-
-  const env = (name: string) => Deno.env.get(name);
-  const reload = async (cause: string) => {
-    try {
-      const next = await loadConfig({ path: cli.config, env });
-      server.reload(next);
-      ops.log("info", "Config reloaded", { cause, providers: next.providers.length });
-    } catch (error) {
-      const problems = error instanceof ConfigError ? error.problems : [String(error)];
-      ops.log("error", "Config reload rejected, the running config stays", { cause, problems });
-    }
-  };
-  if (Deno.build.os !== "windows") Deno.addSignalListener("SIGHUP", () => reload("SIGHUP"));
-  if (cli.watchConfig && cli.config !== undefined) {
-    watchFile(cli.config, () => reload("file changed"));
+  if (!isLoopback(cli.host) && config.auth.api_keys.length === 0) {
+    ops.log(
+      "warn",
+      "Listening beyond loopback without auth.api_keys: anyone who can reach " +
+        "this address can spend the providers' keys",
+      { host: cli.host },
+    );
   }
 
+  // Signals are heard before the socket opens, so a stop right after start is still graceful.
   const stopping = Promise.withResolvers<Deno.Signal>();
   let signalled = false;
   const signals: Deno.Signal[] = Deno.build.os === "windows"
@@ -88,11 +89,42 @@ async function main(): Promise<number> {
       stopping.resolve(signal);
     });
   }
+  let reload = (_cause: string) => {};
+  if (Deno.build.os !== "windows") Deno.addSignalListener("SIGHUP", () => reload("SIGHUP"));
+
+  const server = startServer(config, {
+    host: cli.host,
+    port: cli.port,
+    logDir: cli.logDir,
+    ops,
+    onListen: (url) => {
+      console.log(`listening on ${url}`);
+      ops.log("info", "Started", { url, providers: config.providers.length });
+    },
+  });
+  reload = async (cause) => {
+    try {
+      const next = await loadConfig({ path: cli.config, env });
+      server.reload(next);
+      ops.log("info", "Config reloaded", { cause, providers: next.providers.length });
+    } catch (error) {
+      const problems = error instanceof ConfigError ? error.problems : [String(error)];
+      ops.log("error", "Config reload rejected, the running config stays", { cause, problems });
+    }
+  };
+  if (cli.watchConfig && cli.config !== undefined) {
+    watchFile(cli.config, () => reload("file changed"));
+  }
+
   const signal = await stopping.promise;
   ops.log("info", "Shutting down: finishing in-flight requests", { signal });
   await server.stop();
   ops.log("info", "Stopped");
   return 0;
+}
+
+function isLoopback(host: string): boolean {
+  return host === "localhost" || host === "::1" || host === "[::1]" || host.startsWith("127.");
 }
 
 if (import.meta.main) Deno.exit(await main());

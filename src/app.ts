@@ -1,12 +1,14 @@
 import { trace as otel } from "@opentelemetry/api";
 import type { Config } from "./config.ts";
+import { Gate, presentedKeys } from "./auth.ts";
+import { corsHeaders, preflight } from "./cors.ts";
 import { ProviderHealth } from "./health.ts";
 import { readClientBody } from "./intake.ts";
 import type { RecordSink } from "./log.ts";
 import { PAGES } from "./pages.ts";
 import { type Dialect, dialects } from "./providers/mod.ts";
 import { Trace } from "./record.ts";
-import { reject } from "./respond.ts";
+import { clientGone, reject } from "./respond.ts";
 import { forward, type RouterDeps } from "./router.ts";
 import { Stats } from "./stats.ts";
 import { annotateSpan } from "./telemetry.ts";
@@ -30,12 +32,6 @@ const tracer = otel.getTracer("llm-api-router", VERSION);
 export interface AppDeps extends Partial<RouterDeps> {
   sink: RecordSink;
   stats?: Stats;
-}
-
-/** The credentials a client presented, kept only to scrub them from its log record. */
-function clientSecrets(headers: Headers): string[] {
-  const bearer = headers.get("authorization")?.replace(/^Bearer\s+/i, "");
-  return [bearer, headers.get("x-api-key")].filter((value): value is string => !!value);
 }
 
 function dialectForPath(path: string): Dialect | undefined {
@@ -67,14 +63,25 @@ export function createHandler(
     health: deps.health ?? new ProviderHealth(),
     shutdown: deps.shutdown ?? new AbortController().signal,
   };
+  const gates = new WeakMap<Config, Gate>();
+  const gateFor = (current: Config) => {
+    let gate = gates.get(current);
+    if (gate === undefined) gates.set(current, gate = new Gate(current.auth));
+    return gate;
+  };
+  let inFlight = 0;
+
   const startTrace = (request: Request, url: URL, dialect: Dialect) => {
     const span = otel.getActiveSpan();
     // Deno's server span ends when the handler returns; this one lasts until the body has ended.
     const requestSpan = span === undefined ? undefined : tracer.startSpan("llm_router.request");
-    const secrets = clientSecrets(request.headers);
+    // Kept only to scrub the client's own credentials from its log record.
+    const secrets = presentedKeys(request.headers);
+    const admission = { counted: false };
     const trace = new Trace(
       { requestId: crypto.randomUUID(), path: url.pathname, now: routerDeps.now },
       (record) => {
+        if (admission.counted) inFlight--;
         stats.add(record);
         sink.write(record, secrets);
         if (requestSpan === undefined) return;
@@ -83,29 +90,42 @@ export function createHandler(
       },
     );
     trace.record.endpoint = dialect.type;
-    return { dialect, trace, span };
+    return { dialect, trace, span, admission };
   };
 
-  async function serveApi(request: Request, url: URL, route: ApiRoute): Promise<Response> {
+  async function serveApi(
+    request: Request,
+    url: URL,
+    route: ApiRoute,
+    current: Config,
+  ): Promise<Response> {
     const arrived = routerDeps.now();
-    const current = config();
     const context = startTrace(request, url, route.dialect);
     const { trace } = context;
     if (request.method !== "POST") {
       const message = `Method ${request.method} is not allowed on ${url.pathname}`;
       return withAllow(reject(context, 405, message, "method_not_allowed"), "POST");
     }
+    const gate = gateFor(current);
+    if (gate.enabled) {
+      trace.record.client = gate.identify(request.headers);
+      if (trace.record.client === null) {
+        return reject(context, 401, UNAUTHORIZED, "invalid_api_key");
+      }
+    }
+    const limit = current.limits.max_concurrent;
+    if (limit !== undefined && inFlight >= limit) {
+      const message = `The router is at its limit of ${limit} concurrent requests; retry shortly`;
+      return reject(context, 429, message, "too_many_requests", { "retry-after": "1" });
+    }
+    inFlight++;
+    context.admission.counted = true;
     let body;
     try {
       body = await readClientBody(request, current.limits.max_request_bytes);
     } catch (error) {
-      if (!request.signal.aborted) {
-        return reject(context, 400, `Could not read the request body: ${error}`, "invalid_body");
-      }
-      trace.record.status = 499;
-      trace.record.error = { type: "client_aborted", message: "Client closed the connection" };
-      trace.finish();
-      return new Response(null, { status: 499 });
+      if (request.signal.aborted) return clientGone(trace);
+      return reject(context, 400, `Could not read the request body: ${error}`, "invalid_body");
     }
     trace.record.request = body.logged;
     if (!("fields" in body)) return reject(context, body.status, body.message, body.code);
@@ -129,30 +149,54 @@ export function createHandler(
     return response;
   }
 
-  return async (request) => {
-    const url = new URL(request.url);
+  function servePage(request: Request, url: URL, current: Config): Response {
+    const page = PAGES[url.pathname];
+    if (page === undefined) {
+      return plainError(404, `No route for ${request.method} ${url.pathname}`, "not_found");
+    }
+    if (request.method !== "GET" && request.method !== "HEAD") {
+      const message = `Method ${request.method} is not allowed on ${url.pathname}`;
+      return withAllow(plainError(405, message, "method_not_allowed"), "GET, HEAD");
+    }
+    const gate = gateFor(current);
+    const open = url.pathname === "/health" || !gate.protectPages;
+    if (!open && gate.enabled && gate.identify(request.headers) === null) {
+      return plainError(401, UNAUTHORIZED, "invalid_api_key");
+    }
+    return page({ config, stats, sink, health: routerDeps.health });
+  }
+
+  async function dispatch(request: Request, url: URL, current: Config): Promise<Response> {
     const route = API_ROUTES[url.pathname];
-    if (route !== undefined) return await serveApi(request, url, route);
+    if (route !== undefined) {
+      const allowed = request.method === "OPTIONS"
+        ? preflight(current.cors.origins, request, "POST")
+        : null;
+      return allowed ?? await serveApi(request, url, route, current);
+    }
     const dialect = dialectForPath(url.pathname);
     if (dialect !== undefined) {
       const message = `No route for ${request.method} ${url.pathname}`;
       return reject(startTrace(request, url, dialect), 404, message, "not_found");
     }
-    const page = PAGES[url.pathname];
-    const openai = dialects.openai;
-    if (page === undefined) {
-      const body = openai.errorBody(
-        404,
-        `No route for ${request.method} ${url.pathname}`,
-        "not_found",
-      );
-      return Response.json(body, { status: 404 });
+    return servePage(request, url, current);
+  }
+
+  return async (request) => {
+    const current = config();
+    const response = await dispatch(request, new URL(request.url), current);
+    const cors = corsHeaders(current.cors.origins, request.headers.get("origin"));
+    if (cors !== null) {
+      for (const [name, value] of Object.entries(cors)) response.headers.set(name, value);
     }
-    if (request.method !== "GET" && request.method !== "HEAD") {
-      const message = `Method ${request.method} is not allowed on ${url.pathname}`;
-      const body = openai.errorBody(405, message, "method_not_allowed");
-      return Response.json(body, { status: 405, headers: { allow: "GET, HEAD" } });
-    }
-    return page({ config, stats, sink, health: routerDeps.health });
+    return response;
   };
+}
+
+const UNAUTHORIZED =
+  "Missing or unknown API key: send one of the router's keys as Authorization: Bearer <key> or x-api-key";
+
+/** An error outside the API endpoints (unknown path, wrong method), OpenAI-shaped JSON. */
+function plainError(status: number, message: string, code: string): Response {
+  return Response.json(dialects.openai.errorBody(status, message, code), { status });
 }

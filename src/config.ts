@@ -93,6 +93,27 @@ const retriesSchema = z.strictObject({
 
 const limitsSchema = z.strictObject({
   max_request_bytes: z.int().positive().default(32 * MIB),
+  /** Requests in flight at once; past it clients get 429. Unset: no limit. */
+  max_concurrent: z.int().positive().optional(),
+});
+
+/** An inbound key; a bare string gets the name `key-N` (its place in the list). */
+const apiKeySchema = z.union([
+  z.string().min(1),
+  z.strictObject({ name: z.string().min(1), key: z.string().min(1) }),
+]);
+
+/** Who may spend the providers' keys: holders of one of these, or anyone when there are none. */
+const authSchema = z.strictObject({
+  api_keys: z.array(apiKeySchema).default([]).transform((keys) =>
+    keys.map((entry, i) => typeof entry === "string" ? { name: `key-${i + 1}`, key: entry } : entry)
+  ),
+  /** `/stats`, `/metrics` and `/health/providers` need a key too when keys are set. */
+  protect_pages: z.boolean().default(true),
+});
+
+const corsSchema = z.strictObject({
+  origins: z.array(z.string().min(1)).default([]),
 });
 
 const shutdownSchema = z.strictObject({
@@ -114,6 +135,8 @@ const configSchema = z.strictObject({
   retries: retriesSchema.default(retriesSchema.parse({})),
   limits: limitsSchema.default(limitsSchema.parse({})),
   shutdown: shutdownSchema.default(shutdownSchema.parse({})),
+  auth: authSchema.default(authSchema.parse({})),
+  cors: corsSchema.default(corsSchema.parse({})),
   logging: loggingSchema.default(loggingSchema.parse({})),
   openai: openaiSchema.default(openaiSchema.parse({})),
 }).superRefine((config, ctx) => {

@@ -1,4 +1,5 @@
 import type { Config } from "./config.ts";
+import { serializeRecord } from "./log_line.ts";
 import type { RequestRecord } from "./record.ts";
 
 /** Where finished request records go. `write` never waits; `close` drains what is queued. */
@@ -11,53 +12,7 @@ export interface RecordSink {
 }
 
 const encoder = new TextEncoder();
-const decoder = new TextDecoder();
-const REDACTED = "[REDACTED]";
 const RETRY_MS = 1000;
-/** Shorter "secrets" (test keys like "k") would scrub ordinary words out of every line. */
-const MIN_SECRET_LENGTH = 6;
-
-/** A body for the log: its JSON text, cut to `cap` bytes (as a string) when larger. */
-function bodyJson(value: unknown, cap: number): { json: string; truncated: boolean } {
-  const text = typeof value === "string" ? value : JSON.stringify(value ?? null);
-  // A UTF-8 byte is at most 3 per UTF-16 unit, so short texts need no encoding to measure.
-  if (cap === 0 || text.length * 3 <= cap) {
-    return { json: typeof value === "string" ? JSON.stringify(value) : text, truncated: false };
-  }
-  const bytes = encoder.encode(text);
-  if (bytes.length <= cap) {
-    return { json: typeof value === "string" ? JSON.stringify(value) : text, truncated: false };
-  }
-  const cut = decoder.decode(bytes.subarray(0, cap)).replace(/\uFFFD$/, "");
-  return { json: JSON.stringify(cut), truncated: true };
-}
-
-/**
- * Turns a record into one JSON line: bodies over `maxBodyBytes` are cut, the large `request`
- * and `response` go last for readability, and no secret survives. A secret is looked for with
- * one native search per secret; only a line that contains one is serialized again with every
- * string value scrubbed, which keeps the line valid JSON whatever the secret looks like.
- */
-export function serializeRecord(
-  record: RequestRecord,
-  options: { maxBodyBytes: number; secrets: readonly string[] },
-): string {
-  const { request, response, ...rest } = record;
-  const req = bodyJson(request, options.maxBodyBytes);
-  const res = bodyJson(response, options.maxBodyBytes);
-  const head = JSON.stringify(rest);
-  const line = `${head.slice(0, -1)},"request":${req.json},"request_truncated":${req.truncated}` +
-    `,"response":${res.json},"response_truncated":${res.truncated}}`;
-  const found = options.secrets.filter((secret) =>
-    secret.length >= MIN_SECRET_LENGTH &&
-    (line.includes(secret) || line.includes(JSON.stringify(secret).slice(1, -1)))
-  );
-  if (found.length === 0) return line;
-  return JSON.stringify(JSON.parse(line), (_key, value) => {
-    if (typeof value !== "string") return value;
-    return found.reduce((text, secret) => text.replaceAll(secret, REDACTED), value);
-  });
-}
 
 /** Where batches of lines end up. */
 interface LineTarget {
@@ -67,35 +22,54 @@ interface LineTarget {
   reset(): void;
 }
 
+/** How the writer tells the operator about trouble with the log, and its end. */
+export interface SinkReports {
+  onError(message: string): void;
+  onRecover?(message: string): void;
+}
+
 /**
  * Records queue in memory and one writer drains them in batches, so no response ever waits for
- * the disk. Serialization happens here too, off the response path. A failed batch stays queued
- * and is retried; the failure is reported once, and again when writing works again.
+ * the disk. The drain starts on a later turn of the event loop, so serialization happens there
+ * too, off the response path. A failed batch stays queued and is retried; the failure is
+ * reported once, and its end once more.
  */
 class QueuedLineWriter implements RecordSink {
   writeErrors = 0;
   #queue: { record: RequestRecord; secrets: readonly string[] }[] = [];
   #failed: Uint8Array | null = null;
   #draining: Promise<void> | null = null;
-  #retryTimer: ReturnType<typeof setTimeout> | undefined;
+  #scheduled: ReturnType<typeof setTimeout> | undefined;
   #failing = false;
+  #closed = false;
 
   constructor(
     private readonly target: LineTarget,
     private readonly options: { maxBodyBytes: number; secrets: readonly string[] },
-    private readonly onError: (message: string) => void,
+    private readonly reports: SinkReports,
   ) {}
 
   write(record: RequestRecord, secrets: readonly string[] = []): void {
     this.#queue.push({ record, secrets });
-    if (this.#draining === null && this.#retryTimer === undefined) this.#draining = this.#drain();
+    this.#closed = false;
+    this.#schedule(0);
   }
 
+  #schedule(ms: number): void {
+    if (this.#closed || this.#draining !== null || this.#scheduled !== undefined) return;
+    this.#scheduled = setTimeout(() => {
+      this.#scheduled = undefined;
+      this.#draining = this.#drain();
+    }, ms);
+  }
+
+  /** Writes what is queued and stops retrying; a later `write` starts the writer again. */
   async close(): Promise<void> {
-    clearTimeout(this.#retryTimer);
-    this.#retryTimer = undefined;
+    this.#closed = true;
+    clearTimeout(this.#scheduled);
+    this.#scheduled = undefined;
     await this.#draining;
-    if (this.#queue.length > 0 || this.#failed !== null) await this.#drain();
+    if (this.#queue.length > 0 || this.#failed !== null) await (this.#draining = this.#drain());
   }
 
   async #drain(): Promise<void> {
@@ -107,14 +81,22 @@ class QueuedLineWriter implements RecordSink {
           await this.target.append(bytes);
         } catch (error) {
           this.#failed = bytes;
-          this.#fail(error);
+          this.writeErrors++;
+          this.target.reset();
+          if (!this.#failing) {
+            this.reports.onError(`Cannot write request log ${this.target.name}: ${error}`);
+          }
+          this.#failing = true;
           return;
         }
-        if (this.#failing) this.onError(`Request log is writable again: ${this.target.name}`);
+        if (this.#failing) {
+          this.reports.onRecover?.(`Request log is writable again: ${this.target.name}`);
+        }
         this.#failing = false;
       }
     } finally {
       this.#draining = null;
+      if (this.#failed !== null) this.#schedule(RETRY_MS);
     }
   }
 
@@ -131,24 +113,16 @@ class QueuedLineWriter implements RecordSink {
     }
     return encoder.encode(text);
   }
-
-  #fail(error: unknown): void {
-    this.writeErrors++;
-    this.target.reset();
-    if (!this.#failing) this.onError(`Cannot write request log ${this.target.name}: ${error}`);
-    this.#failing = true;
-    this.#retryTimer = setTimeout(() => {
-      this.#retryTimer = undefined;
-      this.#draining = this.#drain();
-    }, RETRY_MS);
-  }
 }
+
+const LF = 0x0a;
 
 /**
  * `<dir>/requests.jsonl`, rotated by size as a classic rotating file handler does: past
  * `maxBytes` it becomes `requests.jsonl.1` (the newest rotated file), older ones shift up, and the
- * one beyond `maxFiles` is deleted. A batch is never split across files, so no line is cut. The
- * file is opened per batch, so a removed directory or an outside rotation is noticed.
+ * one beyond `maxFiles` is deleted. Batches are cut only between lines, so no line is ever split,
+ * and a file outgrows `maxBytes` only by a single line longer than that. The file is opened per
+ * write, so a removed directory or an outside rotation is noticed.
  */
 export class RotatingFile implements LineTarget {
   readonly name: string;
@@ -166,9 +140,25 @@ export class RotatingFile implements LineTarget {
       await Deno.mkdir(this.dir, { recursive: true });
       this.#size = await Deno.stat(this.name).then((info) => info.size, () => 0);
     }
-    if (this.#size > 0 && this.#size + bytes.length > this.rotation.maxBytes) await this.#rotate();
-    await Deno.writeFile(this.name, bytes, { append: true, create: true });
-    this.#size += bytes.length;
+    let rest = bytes;
+    while (rest.length > 0) {
+      const room = this.rotation.maxBytes - this.#size;
+      let cut = rest.length <= room
+        ? rest.length
+        : room > 0
+        ? rest.lastIndexOf(LF, room - 1) + 1
+        : 0;
+      if (cut === 0) {
+        if (this.#size > 0) {
+          await this.#rotate();
+          continue;
+        }
+        cut = rest.indexOf(LF) + 1 || rest.length;
+      }
+      await Deno.writeFile(this.name, rest.subarray(0, cut), { append: true, create: true });
+      this.#size += cut;
+      rest = rest.subarray(cut);
+    }
   }
 
   reset(): void {
@@ -204,11 +194,10 @@ const disabledSink: RecordSink = {
 /** The request log the config asks for: a rotating file, stdout, or nothing. */
 export function createRecordSink(
   logging: Config["logging"],
-  options: {
+  options: SinkReports & {
     dir: string;
     /** The config's secrets, read at every batch: the owner may update the array on reload. */
     secrets: readonly string[];
-    onError: (message: string) => void;
   },
 ): RecordSink {
   if (!logging.enabled) return disabledSink;
@@ -218,6 +207,6 @@ export function createRecordSink(
   return new QueuedLineWriter(
     target,
     { maxBodyBytes: logging.max_body_bytes, secrets: options.secrets },
-    options.onError,
+    options,
   );
 }

@@ -30,7 +30,10 @@ export interface RunningServer {
 
 /** Every secret the config holds, so no log line can carry one. */
 export function configSecrets(config: Config): string[] {
-  return config.providers.flatMap((provider) => provider.api_key ? [provider.api_key] : []);
+  return [
+    ...config.providers.flatMap((provider) => provider.api_key ? [provider.api_key] : []),
+    ...config.auth.api_keys.map((entry) => entry.key),
+  ];
 }
 
 /** Binds the router to a socket with its request log: shared by `main.ts` and the demo. */
@@ -41,6 +44,7 @@ export function startServer(config: Config, options: ServerOptions): RunningServ
     dir: options.logDir,
     secrets,
     onError: (message) => options.ops.log("error", message),
+    onRecover: (message) => options.ops.log("info", message),
   });
   const onRecord = options.onRecord;
   const sink: RecordSink = onRecord === undefined ? log : {

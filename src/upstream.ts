@@ -35,11 +35,17 @@ const RESPONSE_DROPPED = new Set([
   "set-cookie",
 ]);
 
-function copyHeaders(from: Headers, dropped: ReadonlySet<string>): Headers {
+function copyHeaders(
+  from: Headers,
+  dropped: ReadonlySet<string>,
+  droppedPrefix?: string,
+): Headers {
   const named = (from.get("connection") ?? "").toLowerCase().split(",").map((name) => name.trim());
   const out = new Headers();
   for (const [name, value] of from) {
-    if (!dropped.has(name) && !named.includes(name)) out.append(name, value);
+    if (dropped.has(name) || named.includes(name)) continue;
+    if (droppedPrefix !== undefined && name.startsWith(droppedPrefix)) continue;
+    out.append(name, value);
   }
   return out;
 }
@@ -56,9 +62,12 @@ export function upstreamRequestHeaders(
   return headers;
 }
 
-/** The provider's end-to-end response headers; the router's own are added by the caller. */
+/**
+ * The provider's end-to-end response headers; the router's own are added by the caller. A
+ * provider's CORS headers are dropped too: cross-origin access is the router's to grant.
+ */
 export function clientResponseHeaders(upstream: Headers): Headers {
-  return copyHeaders(upstream, RESPONSE_DROPPED);
+  return copyHeaders(upstream, RESPONSE_DROPPED, "access-control-");
 }
 
 /** How long one attempt may take; `deadline` is on the `now()` clock. */

@@ -98,6 +98,8 @@ Deno.test("config parses the seed example and applies defaults", () => {
     retries: { per_provider: 0, backoff_ms: 200, max_backoff_ms: 2000 },
     limits: { max_request_bytes: 32 * 1024 * 1024 },
     shutdown: { grace_ms: 30000 },
+    auth: { api_keys: [], protect_pages: true },
+    cors: { origins: [] },
     logging: {
       enabled: true,
       target: "file",

@@ -1,0 +1,80 @@
+import type { RequestRecord } from "./record.ts";
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+const REDACTED = "[REDACTED]";
+/** Shorter "secrets" (test keys like "k") would scrub ordinary words out of every line. */
+const MIN_SECRET_LENGTH = 6;
+
+/** Replaces every secret in `text`, in both its raw and its JSON-escaped spelling. */
+function scrub(text: string, secrets: readonly string[]): string {
+  for (const secret of secrets) {
+    if (text.includes(secret)) text = text.replaceAll(secret, REDACTED);
+    const escaped = JSON.stringify(secret).slice(1, -1);
+    if (escaped !== secret && text.includes(escaped)) text = text.replaceAll(escaped, REDACTED);
+  }
+  return text;
+}
+
+/** Scrubs every string in a parsed value, keys included. */
+function scrubDeep(value: unknown, secrets: readonly string[]): unknown {
+  if (typeof value === "string") return scrub(value, secrets);
+  if (Array.isArray(value)) return value.map((item) => scrubDeep(item, secrets));
+  if (value === null || typeof value !== "object") return value;
+  return Object.fromEntries(
+    Object.entries(value).map(([key, item]) => [scrub(key, secrets), scrubDeep(item, secrets)]),
+  );
+}
+
+/**
+ * A body for the log as JSON text: scrubbed first, so a cut can never leave most of a secret
+ * behind, then cut to `cap` bytes (as a string) when larger.
+ */
+function bodyJson(
+  value: unknown,
+  cap: number,
+  secrets: readonly string[],
+): { json: string; truncated: boolean; scrubbed: boolean } {
+  const raw = typeof value === "string" ? value : JSON.stringify(value ?? null);
+  const text = scrub(raw, secrets);
+  const scrubbed = text !== raw;
+  const whole = () => ({
+    json: typeof value === "string" ? JSON.stringify(text) : text,
+    truncated: false,
+    scrubbed,
+  });
+  // A UTF-8 byte is at most 3 per UTF-16 unit, so short texts need no encoding to measure.
+  if (cap === 0 || text.length * 3 <= cap) return whole();
+  const bytes = encoder.encode(text);
+  if (bytes.length <= cap) return whole();
+  const cut = decoder.decode(bytes.subarray(0, cap)).replace(/\uFFFD$/, "");
+  return { json: JSON.stringify(cut), truncated: true, scrubbed };
+}
+
+/**
+ * Turns a record into one JSON line: bodies over `maxBodyBytes` are cut, the large `request`
+ * and `response` go last for readability, and no secret survives, as a key or a value. Secrets
+ * are found with one native search each; replacing them in the JSON text keeps it valid (the
+ * replacement has no quote or backslash), and should an odd secret ever break the line, it is
+ * rebuilt from its parsed form instead.
+ */
+export function serializeRecord(
+  record: RequestRecord,
+  options: { maxBodyBytes: number; secrets: readonly string[] },
+): string {
+  const secrets = options.secrets.filter((secret) => secret.length >= MIN_SECRET_LENGTH);
+  const { request, response, ...rest } = record;
+  const req = bodyJson(request, options.maxBodyBytes, secrets);
+  const res = bodyJson(response, options.maxBodyBytes, secrets);
+  const head = JSON.stringify(rest);
+  const line = `${head.slice(0, -1)},"request":${req.json},"request_truncated":${req.truncated}` +
+    `,"response":${res.json},"response_truncated":${res.truncated}}`;
+  const scrubbed = scrub(line, secrets);
+  if (scrubbed === line && !req.scrubbed && !res.scrubbed) return line;
+  try {
+    JSON.parse(scrubbed);
+    return scrubbed;
+  } catch {
+    return JSON.stringify(scrubDeep(JSON.parse(line), secrets));
+  }
+}
