@@ -7,6 +7,7 @@ import { readClientBody } from "./intake.ts";
 import type { RecordSink } from "./log.ts";
 import { PAGES } from "./pages.ts";
 import { type Dialect, dialects } from "./providers/mod.ts";
+import { API_ROUTES, type ApiRoute, dialectForPath, listModels, MODEL_LISTS } from "./routes.ts";
 import { Trace } from "./record.ts";
 import { clientGone, reject } from "./respond.ts";
 import { forward, type RouterDeps } from "./router.ts";
@@ -14,30 +15,12 @@ import { Stats } from "./stats.ts";
 import { annotateSpan } from "./telemetry.ts";
 import { VERSION } from "./version.ts";
 
-/** An API endpoint the router serves: which dialect, and where it goes under `base_url`. */
-interface ApiRoute {
-  dialect: Dialect;
-  upstreamPath: string;
-}
-
-const API_ROUTES: Record<string, ApiRoute> = {
-  "/openai/chat/completions": { dialect: dialects.openai, upstreamPath: "/chat/completions" },
-  "/openai/v1/chat/completions": { dialect: dialects.openai, upstreamPath: "/chat/completions" },
-  "/anthropic/v1/messages": { dialect: dialects.anthropic, upstreamPath: "/v1/messages" },
-};
-
 const tracer = otel.getTracer("llm-api-router", VERSION);
 
 /** What the handler needs from the outside world; tests inject their own. */
 export interface AppDeps extends Partial<RouterDeps> {
   sink: RecordSink;
   stats?: Stats;
-}
-
-function dialectForPath(path: string): Dialect | undefined {
-  if (path.startsWith("/anthropic/")) return dialects.anthropic;
-  if (path.startsWith("/openai/")) return dialects.openai;
-  return undefined;
 }
 
 function withAllow(response: Response, allow: string): Response {
@@ -149,6 +132,21 @@ export function createHandler(
     return response;
   }
 
+  function serveModelList(request: Request, url: URL, dialect: Dialect, current: Config) {
+    if (request.method !== "GET" && request.method !== "HEAD") {
+      const message = `Method ${request.method} is not allowed on ${url.pathname}`;
+      const body = dialect.errorBody(405, message, "method_not_allowed");
+      return Response.json(body, { status: 405, headers: { allow: "GET, HEAD" } });
+    }
+    const gate = gateFor(current);
+    if (gate.enabled && gate.identify(request.headers) === null) {
+      return Response.json(dialect.errorBody(401, UNAUTHORIZED, "invalid_api_key"), {
+        status: 401,
+      });
+    }
+    return listModels(current, dialect);
+  }
+
   function servePage(request: Request, url: URL, current: Config): Response {
     const page = PAGES[url.pathname];
     if (page === undefined) {
@@ -174,6 +172,8 @@ export function createHandler(
         : null;
       return allowed ?? await serveApi(request, url, route, current);
     }
+    const listed = MODEL_LISTS[url.pathname];
+    if (listed !== undefined) return serveModelList(request, url, listed, current);
     const dialect = dialectForPath(url.pathname);
     if (dialect !== undefined) {
       const message = `No route for ${request.method} ${url.pathname}`;

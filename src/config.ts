@@ -251,3 +251,11 @@ function substituteEnv(
 }
 
 const errorText = (err: unknown) => err instanceof Error ? err.message : String(err);
+
+/** Every secret the config holds, so no log line can carry one. */
+export function configSecrets(config: Config): string[] {
+  return [
+    ...config.providers.flatMap((provider) => provider.api_key ? [provider.api_key] : []),
+    ...config.auth.api_keys.map((entry) => entry.key),
+  ];
+}

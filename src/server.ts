@@ -1,5 +1,5 @@
 import { createHandler } from "./app.ts";
-import type { Config } from "./config.ts";
+import { type Config, configSecrets } from "./config.ts";
 import { createRecordSink, type RecordSink } from "./log.ts";
 import type { OpsLog } from "./ops.ts";
 import type { RequestRecord } from "./record.ts";
@@ -26,14 +26,6 @@ export interface RunningServer {
    * the rest, and writes every queued record.
    */
   stop(): Promise<void>;
-}
-
-/** Every secret the config holds, so no log line can carry one. */
-export function configSecrets(config: Config): string[] {
-  return [
-    ...config.providers.flatMap((provider) => provider.api_key ? [provider.api_key] : []),
-    ...config.auth.api_keys.map((entry) => entry.key),
-  ];
 }
 
 /** Binds the router to a socket with its request log: shared by `main.ts` and the demo. */

@@ -137,5 +137,14 @@ export const anthropic: Dialect = {
       cache_write: count(usage.cache_creation_input_tokens),
     };
   },
+  modelList(names) {
+    const data = names.map((id) => ({
+      type: "model",
+      id,
+      display_name: id,
+      created_at: "1970-01-01T00:00:00Z",
+    }));
+    return { data, has_more: false, first_id: names[0] ?? null, last_id: names.at(-1) ?? null };
+  },
   newAssembler: () => new MessageStreamAssembler(),
 };

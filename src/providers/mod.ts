@@ -40,6 +40,8 @@ export interface Dialect {
   usageOf(body: unknown): JsonObject | null;
   /** Set when this API can ask upstream for usage the client did not request (opt-in). */
   usageInjection?(config: Config, fields: JsonObject): UsageInjection | null;
+  /** The client-facing model names, in this API's own model-list format. */
+  modelList(names: readonly string[]): JsonObject;
   /** The usage object's counts in the router's own vocabulary, for statistics. */
   tokens(usage: JsonObject): TokenCounts;
   newAssembler(): StreamAssembler;

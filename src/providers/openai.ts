@@ -132,13 +132,21 @@ export const openai: Dialect = {
     return asObject(asObject(body)?.usage);
   },
   tokens(usage) {
+    // Chat completions and embeddings say prompt/completion; the Responses API input/output.
+    const details = asObject(usage.prompt_tokens_details ?? usage.input_tokens_details);
     return {
-      input: count(usage.prompt_tokens),
-      output: count(usage.completion_tokens),
-      cache_read: count(asObject(usage.prompt_tokens_details)?.cached_tokens),
+      input: count(usage.prompt_tokens ?? usage.input_tokens),
+      output: count(usage.completion_tokens ?? usage.output_tokens),
+      cache_read: count(details?.cached_tokens),
       cache_write: 0,
     };
   },
   usageInjection: openaiUsageInjection,
+  modelList(names) {
+    return {
+      object: "list",
+      data: names.map((id) => ({ id, object: "model", created: 0, owned_by: "llm-api-router" })),
+    };
+  },
   newAssembler: () => new ChatStreamAssembler(),
 };
