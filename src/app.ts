@@ -9,6 +9,7 @@ import { PAGES } from "./pages.ts";
 import { type Dialect, dialects } from "./providers/mod.ts";
 import { API_ROUTES, type ApiRoute, dialectForPath, listModels, MODEL_LISTS } from "./routes.ts";
 import { Trace } from "./record.ts";
+import { InFlight } from "./upstream.ts";
 import { clientGone, reject } from "./respond.ts";
 import { forward, type RouterDeps } from "./router.ts";
 import { Stats } from "./stats.ts";
@@ -44,7 +45,7 @@ export function createHandler(
     fetch: deps.fetch ?? fetch,
     now: deps.now ?? (() => performance.now()),
     health: deps.health ?? new ProviderHealth(),
-    shutdown: deps.shutdown ?? new AbortController().signal,
+    inFlight: deps.inFlight ?? new InFlight(),
   };
   const gates = new WeakMap<Config, Gate>();
   const gateFor = (current: Config) => {

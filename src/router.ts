@@ -7,7 +7,7 @@ import type { Dialect, UsageInjection } from "./providers/mod.ts";
 import type { Trace } from "./record.ts";
 import { SseRelay } from "./relay.ts";
 import { allFailed, clientGone, commitResponse, reject } from "./respond.ts";
-import { AttemptSignal, upstreamRequestHeaders } from "./upstream.ts";
+import { AttemptSignal, type InFlight, upstreamRequestHeaders } from "./upstream.ts";
 
 /** What the router needs of one validated client request. */
 export interface ForwardRequest {
@@ -33,8 +33,8 @@ export interface RouterDeps {
   /** Monotonic milliseconds, for durations and deadlines. */
   now: () => number;
   health: ProviderHealth;
-  /** Fires when the router stops waiting for in-flight requests at shutdown. */
-  shutdown: AbortSignal;
+  /** The attempts in flight, which shutdown aborts after its grace period. */
+  inFlight: InFlight;
 }
 
 /** How one attempt ended when it did not commit. */
@@ -118,7 +118,7 @@ export async function forward(
     const outcome = await tryCandidate(config, request, candidate, last, deps);
     if (outcome instanceof Response) return outcome;
     failure = outcome;
-    if (request.signal.aborted || deps.shutdown.aborted) break;
+    if (request.signal.aborted || deps.inFlight.signal.aborted) break;
   }
   if (request.signal.aborted) {
     await release(failure);
@@ -170,8 +170,8 @@ async function waitForRecovery(
   }
   if (best === undefined || deps.now() + best.wait >= deadline) return undefined;
   waited.add(best.candidate);
-  await sleep(best.wait, AbortSignal.any([request.signal, deps.shutdown]));
-  return request.signal.aborted || deps.shutdown.aborted ? undefined : best.candidate;
+  await sleep(best.wait, AbortSignal.any([request.signal, deps.inFlight.signal]));
+  return request.signal.aborted || deps.inFlight.signal.aborted ? undefined : best.candidate;
 }
 
 /**
@@ -202,8 +202,8 @@ async function tryCandidate(
       return outcome;
     }
     await release(outcome);
-    await sleep(wait, AbortSignal.any([request.signal, deps.shutdown]));
-    if (request.signal.aborted || deps.shutdown.aborted) return outcome;
+    await sleep(wait, AbortSignal.any([request.signal, deps.inFlight.signal]));
+    if (request.signal.aborted || deps.inFlight.signal.aborted) return outcome;
   }
 }
 
@@ -235,11 +235,11 @@ async function attempt(
     deps.health.failed(provider.name, { error, status, headers }, config.cooldown);
     return { error, status, kept, candidate };
   };
-  const signal = new AttemptSignal([request.signal, deps.shutdown], {
+  const signal = new AttemptSignal(request.signal, {
     firstByteMs: provider.timeouts.first_byte_ms,
     idleMs: provider.timeouts.idle_ms,
     deadline: request.arrived + provider.timeouts.total_ms,
-  }, deps.now);
+  }, { now: deps.now, registry: deps.inFlight });
   let upstream: Response;
   try {
     upstream = await deps.fetch(provider.base_url + request.upstreamPath + request.search, {

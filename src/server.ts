@@ -3,6 +3,7 @@ import { type Config, configSecrets } from "./config.ts";
 import { createRecordSink, type RecordSink } from "./log.ts";
 import type { OpsLog } from "./ops.ts";
 import type { RequestRecord } from "./record.ts";
+import { InFlight } from "./upstream.ts";
 
 /** Where and how a router process listens and logs. */
 export interface ServerOptions {
@@ -49,7 +50,7 @@ export function startServer(config: Config, options: ServerOptions): RunningServ
       return log.writeErrors;
     },
   };
-  const shutdown = new AbortController();
+  const inFlight = new InFlight();
   const server = Deno.serve({
     hostname: options.host,
     port: options.port,
@@ -57,7 +58,7 @@ export function startServer(config: Config, options: ServerOptions): RunningServ
       const host = hostname.includes(":") ? `[${hostname}]` : hostname;
       options.onListen(`http://${host}:${port}`);
     },
-  }, createHandler(() => current, { sink, shutdown: shutdown.signal }));
+  }, createHandler(() => current, { sink, inFlight }));
   return {
     port: server.addr.port,
     reload(next) {
@@ -67,7 +68,7 @@ export function startServer(config: Config, options: ServerOptions): RunningServ
     async stop() {
       const grace = setTimeout(() => {
         options.ops.log("warn", "Grace period over: aborting requests still in flight");
-        shutdown.abort(new DOMException("Router is shutting down", "AbortError"));
+        inFlight.abortAll();
       }, current.shutdown.grace_ms);
       await server.shutdown();
       clearTimeout(grace);

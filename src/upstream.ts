@@ -80,10 +80,38 @@ export interface AttemptLimits {
 type TimeoutName = "first_byte" | "idle" | "total";
 
 /**
- * The abort signal of one attempt: the client's own signal (and the router's shutdown signal)
- * combined with the attempt's timeouts. The first-byte timeout runs until the commit point; the
- * idle timeout, once the body flows, fires after a gap between chunks; the total one at the
- * request's deadline. Aborting frees the upstream connection at once.
+ * The attempts in flight, so that shutdown can abort those still running after its grace
+ * period. A registry rather than one more signal in every attempt's `AbortSignal.any`: a
+ * long-lived source signal keeps a reference to each dependent it ever had.
+ */
+export class InFlight {
+  #live = new Set<AttemptSignal>();
+  #stopping = new AbortController();
+
+  /** Fires when the router stops waiting; waits between attempts listen to it. */
+  get signal(): AbortSignal {
+    return this.#stopping.signal;
+  }
+
+  add(attempt: AttemptSignal): void {
+    this.#live.add(attempt);
+  }
+
+  delete(attempt: AttemptSignal): void {
+    this.#live.delete(attempt);
+  }
+
+  abortAll(): void {
+    this.#stopping.abort(new DOMException("Router is shutting down", "AbortError"));
+    for (const attempt of this.#live) attempt.abandon();
+  }
+}
+
+/**
+ * The abort signal of one attempt: the client's own signal combined with the attempt's
+ * timeouts. The first-byte timeout runs until the commit point; the idle timeout, once the body
+ * flows, fires after a gap between chunks; the total one at the request's deadline. Aborting
+ * frees the upstream connection at once.
  */
 export class AttemptSignal {
   readonly signal: AbortSignal;
@@ -95,14 +123,22 @@ export class AttemptSignal {
   #limits: AttemptLimits;
   #now: () => number;
   #lastActivity = 0;
+  #registry: InFlight;
 
-  constructor(parents: AbortSignal[], limits: AttemptLimits, now: () => number) {
-    this.#client = parents[0];
+  constructor(
+    client: AbortSignal,
+    limits: AttemptLimits,
+    options: { now: () => number; registry: InFlight },
+  ) {
+    this.#client = client;
     this.#limits = limits;
-    this.#now = now;
+    this.#now = options.now;
+    this.#registry = options.registry;
     this.#firstByte = setTimeout(() => this.#fire("first_byte"), limits.firstByteMs);
-    this.#timers.push(setTimeout(() => this.#fire("total"), Math.max(0, limits.deadline - now())));
-    this.signal = AbortSignal.any([...parents, this.#timeout.signal]);
+    const total = Math.max(0, limits.deadline - this.#now());
+    this.#timers.push(setTimeout(() => this.#fire("total"), total));
+    this.signal = AbortSignal.any([client, this.#timeout.signal]);
+    this.#registry.add(this);
   }
 
   #fire(name: TimeoutName): void {
@@ -140,6 +176,7 @@ export class AttemptSignal {
   /** Ends the attempt's timers and aborts whatever of it is still running. */
   abandon(): void {
     this.#clear();
+    this.#registry.delete(this);
     if (!this.#timeout.signal.aborted) {
       this.#timeout.abort(new DOMException("Attempt abandoned", "AbortError"));
     }
