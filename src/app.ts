@@ -55,7 +55,8 @@ export function createHandler(
   };
   let inFlight = 0;
 
-  const startTrace = (request: Request, url: URL, dialect: Dialect) => {
+  /** A request's record; `dialect` null for paths outside the APIs (errors then look OpenAI's). */
+  const startTrace = (request: Request, url: URL, dialect: Dialect | null) => {
     const span = otel.getActiveSpan();
     // Deno's server span ends when the handler returns; this one lasts until the body has ended.
     const requestSpan = span === undefined ? undefined : tracer.startSpan("llm_router.request");
@@ -73,8 +74,8 @@ export function createHandler(
         requestSpan.end();
       },
     );
-    trace.record.endpoint = dialect.type;
-    return { dialect, trace, span, admission };
+    trace.record.endpoint = dialect?.type ?? null;
+    return { dialect: dialect ?? dialects.openai, trace, span, admission };
   };
 
   async function serveApi(
@@ -150,17 +151,19 @@ export function createHandler(
 
   function servePage(request: Request, url: URL, current: Config): Response {
     const page = PAGES[url.pathname];
+    const refuse = (status: number, message: string, code: string) =>
+      reject(startTrace(request, url, null), status, message, code);
     if (page === undefined) {
-      return plainError(404, `No route for ${request.method} ${url.pathname}`, "not_found");
+      return refuse(404, `No route for ${request.method} ${url.pathname}`, "not_found");
     }
     if (request.method !== "GET" && request.method !== "HEAD") {
       const message = `Method ${request.method} is not allowed on ${url.pathname}`;
-      return withAllow(plainError(405, message, "method_not_allowed"), "GET, HEAD");
+      return withAllow(refuse(405, message, "method_not_allowed"), "GET, HEAD");
     }
     const gate = gateFor(current);
     const open = url.pathname === "/health" || !gate.protectPages;
     if (!open && gate.enabled && gate.identify(request.headers) === null) {
-      return plainError(401, UNAUTHORIZED, "invalid_api_key");
+      return refuse(401, UNAUTHORIZED, "invalid_api_key");
     }
     return page({ config, stats, sink, health: routerDeps.health });
   }
@@ -196,8 +199,3 @@ export function createHandler(
 
 const UNAUTHORIZED =
   "Missing or unknown API key: send one of the router's keys as Authorization: Bearer <key> or x-api-key";
-
-/** An error outside the API endpoints (unknown path, wrong method), OpenAI-shaped JSON. */
-function plainError(status: number, message: string, code: string): Response {
-  return Response.json(dialects.openai.errorBody(status, message, code), { status });
-}

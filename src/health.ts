@@ -17,7 +17,7 @@ interface Entry {
 }
 
 /** Statuses whose `Retry-After` tells when the provider will take requests again. */
-const RETRY_AFTER_STATUSES = new Set([429, 503, 529]);
+export const RETRY_AFTER_STATUSES: ReadonlySet<number> = new Set([429, 503, 529]);
 
 /**
  * Reads `retry-after-ms` (milliseconds) or `Retry-After` (seconds or an HTTP date) from an

@@ -24,8 +24,8 @@ export interface RelayEnd {
 /** Callbacks the router gives a relay for the client-facing part of its life. */
 export interface RelayHooks {
   onFirstByte(): void;
-  /** A chunk arrived from upstream. */
-  onChunk(): void;
+  /** A read from upstream starts (true) or ends (false): the idle timeout runs in between. */
+  onReading(pending: boolean): void;
   /** Names what a failed upstream read ran into (timeout, client gone, broken connection). */
   failureKind(): AttemptError;
   onEnd(end: RelayEnd): void;
@@ -55,35 +55,48 @@ export class SseRelay {
   onFirstOutput: () => void = () => {};
 
   #filter: EventFilter | null;
-  #onChunk: () => void;
+  #onReading: (pending: boolean) => void;
   #forwarded = 0;
 
   /**
-   * `filter`, when given, may rewrite or drop each event after the tap has read it; `onChunk`
-   * hears of every chunk read from upstream (for the idle timeout).
+   * `filter`, when given, may rewrite or drop each event after the tap has read it;
+   * `onReading` hears when a read from upstream starts and ends (for the idle timeout).
    */
   constructor(
     body: ReadableStream<Uint8Array>,
     dialect: Dialect,
-    options: { filter: EventFilter | null; onChunk: () => void },
+    options: {
+      filter: EventFilter | null;
+      onReading: (pending: boolean) => void;
+      /** How much text the reassembly keeps for the log (0: all). */
+      textLimit: number;
+    },
   ) {
     this.#reader = body.getReader();
     this.#dialect = dialect;
-    this.#assembler = dialect.newAssembler();
+    this.#assembler = dialect.newAssembler(options.textLimit);
     this.#filter = options.filter;
-    this.#onChunk = options.onChunk;
+    this.#onReading = options.onReading;
   }
 
   /** Reads ahead until an event decides the commit. A failed read throws. */
   async awaitCommit(): Promise<CommitVerdict> {
     for (;;) {
-      const { done, value } = await this.#reader.read();
+      const { done, value } = await this.#read();
       if (done) return this.#ingestRest() === "output" ? "commit" : "stream_interrupted";
-      this.#onChunk();
       const role = this.#ingest(this.#framer.push(value));
       if (role === "output") return "commit";
       if (role === "error") return "error_event";
       if (this.#readyBytes > HOLD_LIMIT_BYTES) return "commit";
+    }
+  }
+
+  async #read(): Promise<ReadableStreamReadResult<Uint8Array>> {
+    this.#onReading(true);
+    try {
+      return await this.#reader.read();
+    } finally {
+      this.#onReading(false);
     }
   }
 
@@ -103,7 +116,7 @@ export class SseRelay {
           }
           let result: ReadableStreamReadResult<Uint8Array>;
           try {
-            result = await this.#reader.read();
+            result = await this.#read();
           } catch (error) {
             this.#endWithError(controller, hooks, hooks.failureKind(), String(error));
             return;
@@ -112,7 +125,6 @@ export class SseRelay {
             this.#endOfStream(controller, hooks);
             return;
           }
-          this.#onChunk();
           this.#ingest(this.#framer.push(result.value));
         }
       },
@@ -236,13 +248,14 @@ function errorMessageOf(data: string): string {
 const decoder = new TextDecoder();
 
 /**
- * Relays a non-SSE body chunk by chunk as it arrives, keeping a copy so the record gets the
- * response and its usage once the body has ended.
+ * Relays a non-SSE body chunk by chunk as it arrives, keeping a copy (up to about `keepLimit`
+ * bytes, so memory stays bounded) for the record's response and usage once the body has ended.
  */
 export function relayPlainBody(
   body: ReadableStream<Uint8Array>,
   dialect: Dialect,
   hooks: RelayHooks,
+  keepLimit: number,
 ): ReadableStream<Uint8Array> {
   const reader = body.getReader();
   const kept: Uint8Array[] = [];
@@ -264,20 +277,22 @@ export function relayPlainBody(
   return new ReadableStream<Uint8Array>({
     async pull(controller) {
       let result: ReadableStreamReadResult<Uint8Array>;
+      hooks.onReading(true);
       try {
         result = await reader.read();
       } catch (error) {
         hooks.onEnd(summary(hooks.failureKind(), String(error)));
         controller.error(error);
         return;
+      } finally {
+        hooks.onReading(false);
       }
       if (result.done) {
         controller.close();
         hooks.onEnd(summary(null, null));
         return;
       }
-      hooks.onChunk();
-      kept.push(result.value);
+      if (forwarded < keepLimit) kept.push(result.value);
       controller.enqueue(result.value);
       forwarded += result.value.length;
       hooks.onFirstByte();

@@ -64,6 +64,8 @@ export interface CommitContext {
   close(error: AttemptError | null): void;
   /** Tells provider health how the committed answer ended. */
   onOutcome(error: AttemptError | null): void;
+  /** How much of a plain body to keep for the record. */
+  keepBytes: number;
 }
 
 /**
@@ -91,7 +93,7 @@ export function commitResponse(
   const httpError = upstream.status >= 400;
   const hooks: RelayHooks = {
     onFirstByte: () => trace.markFirstByte(),
-    onChunk: () => signal.touch(),
+    onReading: (pending) => signal.reading(pending),
     failureKind: () => signal.failureKind("stream_interrupted"),
     onEnd: (end: RelayEnd) => {
       signal.abandon();
@@ -122,7 +124,7 @@ export function commitResponse(
     return new Response(null, { status: upstream.status, headers });
   }
   const body = relay === null
-    ? relayPlainBody(upstream.body, context.dialect, hooks)
+    ? relayPlainBody(upstream.body, context.dialect, hooks, context.keepBytes)
     : relay.clientStream(hooks);
   return new Response(body, { status: upstream.status, statusText: upstream.statusText, headers });
 }

@@ -1,7 +1,7 @@
 import { type Attempt, type AttemptError, fallsBack } from "./attempt.ts";
 import { spliceModel } from "./body.ts";
 import type { Config } from "./config.ts";
-import type { ProviderHealth } from "./health.ts";
+import { type ProviderHealth, RETRY_AFTER_STATUSES, retryAfterMs } from "./health.ts";
 import { type Candidate, planCandidates } from "./plan.ts";
 import type { Dialect, UsageInjection } from "./providers/mod.ts";
 import type { Trace } from "./record.ts";
@@ -37,10 +37,21 @@ export interface RouterDeps {
   inFlight: InFlight;
 }
 
+/**
+ * How much of a plain answer the tap keeps: enough for the log's cut and, up to 16 MiB, for the
+ * usage at the end of a JSON body; a longer body is logged cut and without usage.
+ */
+function keepBytes(config: Config): number {
+  const cap = config.logging.max_body_bytes;
+  return cap === 0 ? Infinity : Math.max(cap, 16 * 1024 * 1024);
+}
+
 /** How one attempt ended when it did not commit. */
 interface Failure {
   candidate: Candidate;
   error: AttemptError;
+  /** When the provider said it takes requests again (`Retry-After`), as epoch ms. */
+  retryAfterUntil: number | null;
   status: number | null;
   /** An answer with a fallback status, kept unread in case it is the one the client gets. */
   kept: { upstream: Response; signal: AttemptSignal } | null;
@@ -99,25 +110,22 @@ export async function forward(
     trace.record.skipped.push({ provider: name, reason: "cooldown" });
   }
   const deadline = request.arrived + config.timeouts.total_ms;
+  // Candidates worth waiting for, with when they recover: those skipped for a cooldown, and
+  // those that answered with a Retry-After. Each is waited for at most once.
+  const recovering = new Map<Candidate, number>(cooling.map((c) => [c, coolingUntil(c)!]));
   const waited = new Set<Candidate>();
   let failure: Failure | null = null;
   for (;;) {
     let candidate = queue.shift();
     if (candidate === undefined) {
-      candidate = await waitForRecovery(
-        [...cooling, ...candidates],
-        waited,
-        deadline,
-        request,
-        deps,
-      );
+      candidate = await waitForRecovery(recovering, waited, deadline, request, deps);
       if (candidate === undefined) break;
     }
     await release(failure);
-    const last = queue.length === 0 && cooling.length === 0;
-    const outcome = await tryCandidate(config, request, candidate, last, deps);
+    const outcome = await tryCandidate(config, request, candidate, queue.length === 0, deps);
     if (outcome instanceof Response) return outcome;
     failure = outcome;
+    if (outcome.retryAfterUntil !== null) recovering.set(candidate, outcome.retryAfterUntil);
     if (request.signal.aborted || deps.inFlight.signal.aborted) break;
   }
   if (request.signal.aborted) {
@@ -136,6 +144,7 @@ export async function forward(
         signal,
         close: () => {},
         onOutcome: () => {},
+        keepBytes: keepBytes(config),
       },
       upstream,
       null,
@@ -145,28 +154,22 @@ export async function forward(
 }
 
 /**
- * With nothing left to try, picks the candidate whose provider recovers soonest (a cooldown,
- * or a `Retry-After` it sent) and waits for it, if that fits before the request's deadline.
+ * With nothing left to try, picks the candidate that recovers soonest and waits for it, if
+ * that fits before the request's deadline; undefined when none does.
  */
 async function waitForRecovery(
-  pool: Candidate[],
+  recovering: Map<Candidate, number>,
   waited: Set<Candidate>,
   deadline: number,
   request: ForwardRequest,
   deps: RouterDeps,
 ): Promise<Candidate | undefined> {
   let best: { candidate: Candidate; wait: number } | undefined;
-  for (const candidate of pool) {
-    if (waited.has(candidate)) continue;
-    const until = deps.health.coolingUntil(candidate.provider.name);
-    if (
-      until === null &&
-      !request.trace.record.skipped.some((s) => s.provider === candidate.provider.name)
-    ) {
-      continue;
+  for (const [candidate, until] of recovering) {
+    const wait = Math.max(0, until - Date.now());
+    if (!waited.has(candidate) && (best === undefined || wait < best.wait)) {
+      best = { candidate, wait };
     }
-    const wait = until === null ? 0 : until - Date.now();
-    if (best === undefined || wait < best.wait) best = { candidate, wait };
   }
   if (best === undefined || deps.now() + best.wait >= deadline) return undefined;
   waited.add(best.candidate);
@@ -233,7 +236,14 @@ async function attempt(
     close(error);
     const status = record.status;
     deps.health.failed(provider.name, { error, status, headers }, config.cooldown);
-    return { error, status, kept, candidate };
+    let retryAfterUntil: number | null = null;
+    if (headers !== null && status !== null && RETRY_AFTER_STATUSES.has(status)) {
+      const wait = retryAfterMs(headers, Date.now());
+      if (wait !== null) {
+        retryAfterUntil = Date.now() + Math.min(wait, config.cooldown.max_retry_after_ms);
+      }
+    }
+    return { error, status, kept, candidate, retryAfterUntil };
   };
   const signal = new AttemptSignal(request.signal, {
     firstByteMs: provider.timeouts.first_byte_ms,
@@ -265,6 +275,7 @@ async function attempt(
     candidate,
     signal,
     close,
+    keepBytes: keepBytes(config),
     onOutcome: (error: AttemptError | null) => {
       if (error === null) deps.health.succeeded(provider.name);
       else {deps.health.failed(
@@ -281,7 +292,8 @@ async function attempt(
   }
   const relay = new SseRelay(upstream.body, request.dialect, {
     filter: request.usageInjection?.filter ?? null,
-    onChunk: () => signal.touch(),
+    onReading: (pending) => signal.reading(pending),
+    textLimit: config.logging.max_body_bytes,
   });
   if (last) {
     relay.onFirstOutput = () => signal.commit();

@@ -57,7 +57,8 @@ export function upstreamRequestHeaders(
   apiKey: string | undefined,
 ): Headers {
   const headers = copyHeaders(client, REQUEST_DROPPED);
-  if (!headers.has("content-type")) headers.set("content-type", "application/json");
+  // The body is known to be JSON: say so, whatever (or nothing) the client's header said.
+  headers.set("content-type", "application/json");
   dialect.prepareHeaders(headers, apiKey);
   return headers;
 }
@@ -103,7 +104,7 @@ export class InFlight {
 
   abortAll(): void {
     this.#stopping.abort(new DOMException("Router is shutting down", "AbortError"));
-    for (const attempt of this.#live) attempt.abandon();
+    for (const attempt of this.#live) attempt.abandon("Router is shutting down");
   }
 }
 
@@ -123,6 +124,7 @@ export class AttemptSignal {
   #limits: AttemptLimits;
   #now: () => number;
   #lastActivity = 0;
+  #reading = false;
   #registry: InFlight;
 
   constructor(
@@ -159,14 +161,21 @@ export class AttemptSignal {
     clearTimeout(this.#firstByte);
   }
 
-  /** A chunk arrived. The idle timer is re-armed lazily, not once per chunk. */
-  touch(): void {
+  /**
+   * The relay starts (true) or ends (false) a read from upstream. The idle timeout counts only
+   * while a read is pending: a client that reads slowly holds back the reads (backpressure), and
+   * that is no fault of the provider's. The timer is re-armed lazily, not once per chunk.
+   */
+  reading(pending: boolean): void {
+    this.#reading = pending;
     this.#lastActivity = this.#now();
-    if (this.#idle === undefined) this.#armIdle(this.#limits.idleMs);
+    if (pending && this.#idle === undefined) this.#armIdle(this.#limits.idleMs);
   }
 
   #armIdle(ms: number): void {
     this.#idle = setTimeout(() => {
+      this.#idle = undefined;
+      if (!this.#reading) return;
       const quiet = this.#now() - this.#lastActivity;
       if (quiet >= this.#limits.idleMs - 1) this.#fire("idle");
       else this.#armIdle(this.#limits.idleMs - quiet);
@@ -174,12 +183,10 @@ export class AttemptSignal {
   }
 
   /** Ends the attempt's timers and aborts whatever of it is still running. */
-  abandon(): void {
+  abandon(reason = "Attempt abandoned"): void {
     this.#clear();
     this.#registry.delete(this);
-    if (!this.#timeout.signal.aborted) {
-      this.#timeout.abort(new DOMException("Attempt abandoned", "AbortError"));
-    }
+    if (!this.#timeout.signal.aborted) this.#timeout.abort(new DOMException(reason, "AbortError"));
   }
 
   /** Which timeout ended the attempt, if one did. */

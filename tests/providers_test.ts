@@ -45,7 +45,7 @@ function event(data: string, name?: string): EventSourceMessage {
 
 /** Feeds every event to a fresh assembler; returns it with the role of each event. */
 function assemble(type: "openai" | "anthropic", events: EventSourceMessage[]) {
-  const assembler = dialects[type].newAssembler();
+  const assembler = dialects[type].newAssembler(0);
   const roles: EventRole[] = events.map((e) => assembler.add(e));
   return { assembler, roles };
 }
@@ -89,7 +89,7 @@ Deno.test("openai assembler rebuilds a chat.completion with content, finish_reas
 
 Deno.test("openai assembler leaves usage null while chunks carry usage: null", async () => {
   const events = await fixtureEvents("openai_chat_stream_usage.sse");
-  const assembler = openai.newAssembler();
+  const assembler = openai.newAssembler(0);
   for (const e of events.slice(0, 5)) {
     assembler.add(e);
     assert.equal(assembler.usage, null);
@@ -155,7 +155,7 @@ Deno.test("openai assembler gives each chunk its commit role", async () => {
 
   const chunk = (delta: unknown, finish: string | null = null) =>
     event(JSON.stringify({ id: "c", choices: [{ index: 0, delta, finish_reason: finish }] }));
-  const fresh = () => openai.newAssembler();
+  const fresh = () => openai.newAssembler(0);
   assert.equal(fresh().add(chunk({ role: "assistant" })), "hold");
   assert.equal(fresh().add(chunk({ role: "assistant", content: "" })), "hold");
   assert.equal(fresh().add(chunk({ content: "x" })), "output");
@@ -226,7 +226,7 @@ Deno.test("openai streamErrorEvent is one data event the SDK reads as an error",
   assert.deepEqual(JSON.parse(events[0].data), {
     error: { message: 'Upstream "p1" reset', type: "upstream_error", code: "stream_interrupted" },
   });
-  assert.equal(openai.newAssembler().add(events[0]), "error");
+  assert.equal(openai.newAssembler(0).add(events[0]), "error");
 });
 
 // Anthropic
@@ -258,7 +258,7 @@ Deno.test("anthropic assembler rebuilds the message with text, stop_reason and m
 });
 
 Deno.test("anthropic usage from message_delta replaces output_tokens, never adds", () => {
-  const assembler = anthropic.newAssembler();
+  const assembler = anthropic.newAssembler(0);
   const start = {
     type: "message_start",
     message: { id: "m", content: [], usage: { input_tokens: 10, output_tokens: 1 } },
@@ -343,13 +343,13 @@ Deno.test("anthropic assembler gives each event its commit role", async () => {
 
   const overloaded = await fixtureEvents("anthropic_stream_overloaded.sse");
   assert.equal(overloaded.length, 1);
-  const failed = anthropic.newAssembler();
+  const failed = anthropic.newAssembler(0);
   assert.equal(failed.add(overloaded[0]), "error");
   assert.equal(failed.complete, false);
   assert.equal(failed.usage, null);
   assert.equal(failed.response(), null);
   // An error event whose data is not JSON is still an error.
-  assert.equal(anthropic.newAssembler().add(event("oops", "error")), "error");
+  assert.equal(anthropic.newAssembler(0).add(event("oops", "error")), "error");
 });
 
 Deno.test("anthropic usageOf reads a message body and is null without usage", async () => {
@@ -399,7 +399,7 @@ Deno.test("anthropic streamErrorEvent is a named error event the SDK raises", ()
     type: "error",
     error: { type: "api_error", message: "Upstream connection reset" },
   });
-  assert.equal(anthropic.newAssembler().add(events[0]), "error");
+  assert.equal(anthropic.newAssembler(0).add(events[0]), "error");
 });
 
 Deno.test("dialects are keyed by their type", () => {

@@ -1,5 +1,6 @@
 import type { EventSourceMessage } from "eventsource-parser";
 import { asObject, count, type JsonObject, tryParseJson } from "../json.ts";
+import { TextBudget } from "./budget.ts";
 import type { Dialect, EventRole, StreamAssembler } from "./mod.ts";
 
 const OUTPUT_EVENTS = new Set(["content_block_delta", "message_delta", "message_stop"]);
@@ -19,6 +20,11 @@ class MessageStreamAssembler implements StreamAssembler {
   #message: JsonObject | null = null;
   #blocks: JsonObject[] = [];
   #partialJson = new Map<number, string>();
+  #budget: TextBudget;
+
+  constructor(textLimit: number) {
+    this.#budget = new TextBudget(textLimit);
+  }
 
   add(event: EventSourceMessage): EventRole {
     const data = asObject(tryParseJson(event.data));
@@ -60,12 +66,13 @@ class MessageStreamAssembler implements StreamAssembler {
 
   #applyDelta(index: number, delta: JsonObject): void {
     const block = this.#blocks[index] ??= {};
+    const keep = (text: unknown) => this.#budget.take(String(text ?? ""));
     switch (delta.type) {
       case "text_delta":
-        block.text = String(block.text ?? "") + String(delta.text ?? "");
+        block.text = String(block.text ?? "") + keep(delta.text);
         break;
       case "thinking_delta":
-        block.thinking = String(block.thinking ?? "") + String(delta.thinking ?? "");
+        block.thinking = String(block.thinking ?? "") + keep(delta.thinking);
         break;
       case "signature_delta":
         block.signature = delta.signature;
@@ -73,7 +80,7 @@ class MessageStreamAssembler implements StreamAssembler {
       case "input_json_delta":
         this.#partialJson.set(
           index,
-          (this.#partialJson.get(index) ?? "") + String(delta.partial_json ?? ""),
+          (this.#partialJson.get(index) ?? "") + keep(delta.partial_json),
         );
         break;
       case "citations_delta":
@@ -146,5 +153,5 @@ export const anthropic: Dialect = {
     }));
     return { data, has_more: false, first_id: names[0] ?? null, last_id: names.at(-1) ?? null };
   },
-  newAssembler: () => new MessageStreamAssembler(),
+  newAssembler: (textLimit) => new MessageStreamAssembler(textLimit),
 };

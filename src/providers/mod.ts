@@ -44,7 +44,8 @@ export interface Dialect {
   modelList(names: readonly string[]): JsonObject;
   /** The usage object's counts in the router's own vocabulary, for statistics. */
   tokens(usage: JsonObject): TokenCounts;
-  newAssembler(): StreamAssembler;
+  /** A fresh reassembly for one stream, keeping at most `textLimit` characters of text. */
+  newAssembler(textLimit: number): StreamAssembler;
 }
 
 /**

@@ -1,5 +1,6 @@
 import type { EventSourceMessage } from "eventsource-parser";
 import { asObject, count, type JsonObject, tryParseJson } from "../json.ts";
+import { TextBudget } from "./budget.ts";
 import type { Dialect, EventRole, StreamAssembler } from "./mod.ts";
 import { openaiUsageInjection } from "./openai_usage.ts";
 
@@ -31,6 +32,11 @@ class ChatStreamAssembler implements StreamAssembler {
   usage: JsonObject | null = null;
   #head: JsonObject | null = null;
   #choices = new Map<number, Choice>();
+  #budget: TextBudget;
+
+  constructor(textLimit: number) {
+    this.#budget = new TextBudget(textLimit);
+  }
 
   add(event: EventSourceMessage): EventRole {
     if (event.data === "[DONE]") {
@@ -71,12 +77,13 @@ class ChatStreamAssembler implements StreamAssembler {
       this.#choices.set(index, state);
     }
     const message = state.message;
+    const keep = (text: string) => this.#budget.take(text);
     if (typeof delta.role === "string") message.role = delta.role;
     if (typeof delta.content === "string") {
-      message.content = (message.content ?? "") + delta.content;
+      message.content = (message.content ?? "") + keep(delta.content);
     }
     if (typeof delta.refusal === "string") {
-      message.refusal = (message.refusal ?? "") + delta.refusal;
+      message.refusal = (message.refusal ?? "") + keep(delta.refusal);
     }
     if (typeof choice.finish_reason === "string") state.finish_reason = choice.finish_reason;
     if (!Array.isArray(delta.tool_calls)) return;
@@ -93,7 +100,7 @@ class ChatStreamAssembler implements StreamAssembler {
       if (typeof part.type === "string") call.type = part.type;
       const fn = asObject(part.function);
       if (typeof fn?.name === "string") call.function.name += fn.name;
-      if (typeof fn?.arguments === "string") call.function.arguments += fn.arguments;
+      if (typeof fn?.arguments === "string") call.function.arguments += keep(fn.arguments);
     }
   }
 
@@ -148,5 +155,5 @@ export const openai: Dialect = {
       data: names.map((id) => ({ id, object: "model", created: 0, owned_by: "llm-api-router" })),
     };
   },
-  newAssembler: () => new ChatStreamAssembler(),
+  newAssembler: (textLimit) => new ChatStreamAssembler(textLimit),
 };

@@ -61,5 +61,6 @@ export const openaiResponses: Dialect = {
     };
     return `event: error\ndata: ${JSON.stringify(body)}\n\n`;
   },
+  // Its response events carry whole objects, no growing text: nothing to budget.
   newAssembler: () => new ResponsesStreamAssembler(),
 };
