@@ -4,10 +4,17 @@
  * `--allow-env`, no file system.
  */
 import { createHandler } from "./src/app.ts";
-import { configSecrets, loadConfig } from "./src/config.ts";
+import { ConfigError, configSecrets, loadConfig } from "./src/config.ts";
 import { createRecordSink } from "./src/log.ts";
 
-const config = await loadConfig({ env: (name) => Deno.env.get(name) });
+let config;
+try {
+  config = await loadConfig({ env: (name) => Deno.env.get(name) });
+} catch (error) {
+  if (!(error instanceof ConfigError)) throw error;
+  console.error(`Invalid config:\n${error.message}`);
+  Deno.exit(2);
+}
 const sink = createRecordSink({ ...config.logging, target: "stdout" }, {
   dir: "",
   secrets: configSecrets(config),

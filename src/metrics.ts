@@ -67,6 +67,18 @@ export function renderMetrics(stats: Stats, logWriteErrors: number): string {
       ["provider", "model", "kind"],
       stats.tokens,
     ),
+    ...counter(
+      "llm_router_client_requests_total",
+      "Requests by inbound key name (never the key) and status.",
+      ["client", "status"],
+      stats.clientRequests,
+    ),
+    ...counter(
+      "llm_router_client_tokens_total",
+      "Tokens reported in usage, by inbound key name and kind.",
+      ["client", "kind"],
+      stats.clientTokens,
+    ),
     ...histogram(
       "llm_router_request_duration_seconds",
       "Time from request to last byte, by answering provider.",

@@ -240,9 +240,12 @@ export class SseRelay {
   }
 }
 
+/** The message of an API's error event: under `error` (chat, Anthropic), at the top (Responses' `error`), or under `response.error` (`response.failed`). */
 function errorMessageOf(data: string): string {
-  const error = asObject(asObject(tryParseJson(data))?.error);
-  return typeof error?.message === "string" ? error.message : data;
+  const event = asObject(tryParseJson(data));
+  const error = asObject(event?.error) ?? asObject(asObject(event?.response)?.error);
+  const message = error?.message ?? event?.message;
+  return typeof message === "string" ? message : data;
 }
 
 const decoder = new TextDecoder();

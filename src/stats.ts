@@ -81,18 +81,32 @@ export class Stats {
   readonly started = Date.now();
   readonly providers = new Map<string, SeriesStats>();
   readonly models = new Map<string, SeriesStats>();
+  /** Per inbound key name, so usage can be told apart per client. */
+  readonly clients = new Map<string, SeriesStats>();
   /** Requests by endpoint, provider, model and status: the counter `/metrics` exports. */
   readonly requests = new Map<string, number>();
   /** Attempts by provider and outcome (`ok`, or the attempt's error kind). */
   readonly attempts = new Map<string, number>();
   /** Tokens by answering provider, client model and kind. */
   readonly tokens = new Map<string, number>();
+  /** Requests by inbound key name and status; tokens by key name and kind. */
+  readonly clientRequests = new Map<string, number>();
+  readonly clientTokens = new Map<string, number>();
 
   add(record: RequestRecord): void {
     const key = JSON.stringify([record.endpoint, record.provider, record.model, record.status]);
     this.requests.set(key, (this.requests.get(key) ?? 0) + 1);
+    if (record.client !== null) {
+      const byClient = JSON.stringify([record.client, record.status]);
+      this.clientRequests.set(byClient, (this.clientRequests.get(byClient) ?? 0) + 1);
+    }
     const model = record.model === null ? null : series(this.models, record.model);
     if (model !== null) model.requests++;
+    const client = record.client === null ? null : series(this.clients, record.client);
+    if (client !== null) {
+      client.requests++;
+      if (record.error === null) client.successes++;
+    }
     record.attempts.forEach((attempt, i) => {
       const provider = series(this.providers, attempt.provider);
       provider.requests++;
@@ -118,7 +132,7 @@ export class Stats {
     const tokens = record.endpoint === null || record.usage === null
       ? null
       : dialects[record.endpoint].tokens(record.usage);
-    for (const target of [answered, model]) {
+    for (const target of [answered, model, client]) {
       if (target === null) continue;
       if (record.duration_ms !== null) target.duration.observe(record.duration_ms);
       if (record.ttfb_ms !== null) target.ttfb.observe(record.ttfb_ms);
@@ -131,6 +145,9 @@ export class Stats {
       for (const kind of Object.keys(tokens) as (keyof TokenCounts)[]) {
         const key = JSON.stringify([record.provider, record.model, kind]);
         this.tokens.set(key, (this.tokens.get(key) ?? 0) + tokens[kind]);
+        if (record.client === null) continue;
+        const byClient = JSON.stringify([record.client, kind]);
+        this.clientTokens.set(byClient, (this.clientTokens.get(byClient) ?? 0) + tokens[kind]);
       }
     }
   }
@@ -157,6 +174,7 @@ export class Stats {
       log_write_errors: logWriteErrors,
       providers: view(this.providers),
       models: view(this.models),
+      clients: view(this.clients),
     };
   }
 }

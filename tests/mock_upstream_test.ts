@@ -1,10 +1,18 @@
 import assert from "node:assert/strict";
+import Anthropic from "@anthropic-ai/sdk";
+import OpenAI from "openai";
 import {
   anthropicStreamChunks,
+  anthropicTokenCount,
   closedPort,
+  defaultReply,
   failureReply,
+  mockEmbedding,
   type MockScript,
+  openaiResponse,
+  openaiResponseErrorEvent,
   openaiStreamChunks,
+  sseHeaders,
   startMockUpstream,
 } from "../tools/mock_upstream.ts";
 
@@ -322,5 +330,198 @@ Deno.test("failureReply speaks each API's error shape", async () => {
     assert.equal(body.error.type, "overloaded_error");
   } finally {
     await upstream.close();
+  }
+});
+
+Deno.test("default Responses reply is a completed response the OpenAI SDK reads", async () => {
+  const upstream = startMockUpstream();
+  try {
+    const raw = await post(upstream.url + "/v1/responses", { model: "gpt-r", input: "Hi" });
+    assert.equal(raw.headers.get("content-type"), "application/json");
+    const body: Json = await raw.json();
+    assert.deepEqual([body.object, body.status, body.model], ["response", "completed", "gpt-r"]);
+    assert.deepEqual(body.output[0].content, [
+      { type: "output_text", annotations: [], logprobs: [], text: "Hello from the mock" },
+    ]);
+    assert.deepEqual(body.usage, {
+      input_tokens: 12,
+      input_tokens_details: { cache_write_tokens: 0, cached_tokens: 0 },
+      output_tokens: 4,
+      output_tokens_details: { reasoning_tokens: 0 },
+      total_tokens: 16,
+    });
+    const client = new OpenAI({ apiKey: "sk-test", baseURL: `${upstream.url}/v1`, maxRetries: 0 });
+    const response = await client.responses.create({ model: "gpt-r", input: "Hi" });
+    assert.equal(response.output_text, "Hello from the mock");
+    assert.equal(upstream.requests[1].path, "/v1/responses");
+  } finally {
+    await upstream.close();
+  }
+});
+
+Deno.test("Responses generator honours text and token details", () => {
+  const body: Json = openaiResponse("m", { text: "a b c", cachedTokens: 5, reasoningTokens: 2 });
+  assert.equal(body.output[0].content[0].text, "a b c");
+  assert.equal(body.usage.output_tokens, 3);
+  assert.equal(body.usage.input_tokens_details.cached_tokens, 5);
+  assert.equal(body.usage.output_tokens_details.reasoning_tokens, 2);
+});
+
+Deno.test("default Responses stream runs response.created to response.completed", async () => {
+  const upstream = startMockUpstream();
+  try {
+    const res = await post(upstream.url + "/v1/responses", {
+      model: "gpt-r",
+      input: "Hi",
+      stream: true,
+    });
+    assert.equal(res.headers.get("content-type"), "text/event-stream; charset=utf-8");
+    const events = parseSse(await res.text());
+    assert.deepEqual(events.map((e) => e.event), [
+      "response.created",
+      "response.in_progress",
+      "response.output_item.added",
+      "response.content_part.added",
+      "response.output_text.delta",
+      "response.output_text.delta",
+      "response.output_text.delta",
+      "response.output_text.done",
+      "response.content_part.done",
+      "response.output_item.done",
+      "response.completed",
+    ]);
+    const data: Json[] = events.map((e) => JSON.parse(e.data));
+    data.forEach((d, i) => {
+      assert.deepEqual(Object.keys(d).slice(0, 2), ["type", "sequence_number"]);
+      assert.equal(d.type, events[i].event);
+      assert.equal(d.sequence_number, i);
+    });
+    assert.equal(data[0].response.status, "in_progress");
+    assert.equal(data[0].response.usage, null);
+    assert.deepEqual(data[0].response.output, []);
+    const text = data.slice(4, 7).map((d) => d.delta).join("");
+    assert.equal(text, "Hello from the mock");
+    assert.equal(data[7].text, text);
+    assert.equal(data[9].item.content[0].text, text);
+    const itemId = data[2].item.id;
+    assert.ok(data.slice(3, 9).every((d) => d.item_id === itemId));
+    const completed = data[10].response;
+    assert.deepEqual([completed.status, completed.model], ["completed", "gpt-r"]);
+    assert.equal(completed.id, data[0].response.id);
+    assert.deepEqual(completed.output, [data[9].item]);
+    assert.equal(completed.usage.output_tokens, 4);
+  } finally {
+    await upstream.close();
+  }
+});
+
+Deno.test("the OpenAI SDK streams the mock's Responses events to response.completed", async () => {
+  const upstream = startMockUpstream((req) => defaultReply(req, 0, { events: 5 }));
+  try {
+    const client = new OpenAI({ apiKey: "sk-test", baseURL: `${upstream.url}/v1`, maxRetries: 0 });
+    const stream = await client.responses.create({ model: "gpt-r", input: "Hi", stream: true });
+    const types: string[] = [];
+    let text = "";
+    for await (const event of stream) {
+      types.push(event.type);
+      if (event.type === "response.output_text.delta") text += event.delta;
+    }
+    assert.equal(types.filter((t) => t === "response.output_text.delta").length, 5);
+    assert.equal(types.at(-1), "response.completed");
+    assert.equal(text, "Hello from the mock");
+  } finally {
+    await upstream.close();
+  }
+});
+
+Deno.test("Responses error event has ResponseErrorEvent's fields and the SDK raises it", async () => {
+  const event = openaiResponseErrorEvent("Overloaded", { code: "server_error" });
+  assert.equal(event.split("\n")[0], "event: error");
+  assert.deepEqual(JSON.parse(event.split("\n")[1].slice(6)), {
+    type: "error",
+    sequence_number: 0,
+    code: "server_error",
+    message: "Overloaded",
+    param: null,
+  });
+  const upstream = startMockUpstream(() => ({ headers: { ...sseHeaders }, chunks: [event] }));
+  try {
+    const client = new OpenAI({ apiKey: "sk-test", baseURL: `${upstream.url}/v1`, maxRetries: 0 });
+    const stream = await client.responses.create({ model: "m", input: "Hi", stream: true });
+    await assert.rejects(async () => {
+      for await (const _ of stream) { /* drain */ }
+    }, (error: Json) => error instanceof OpenAI.APIError && /Overloaded/.test(error.message));
+  } finally {
+    await upstream.close();
+  }
+});
+
+Deno.test("default embeddings reply gives one vector per input, float or base64", async () => {
+  const upstream = startMockUpstream();
+  try {
+    const input = ["first text here", "second"];
+    const floats: Json = await (await post(upstream.url + "/v1/embeddings", {
+      model: "emb",
+      input,
+      encoding_format: "float",
+    })).json();
+    assert.deepEqual(Object.keys(floats), ["object", "data", "model", "usage"]);
+    assert.equal(floats.object, "list");
+    assert.equal(floats.model, "emb");
+    assert.deepEqual(floats.usage, { prompt_tokens: 4, total_tokens: 4 });
+    assert.deepEqual(floats.data.map((d: Json) => [d.object, d.index]), [
+      ["embedding", 0],
+      ["embedding", 1],
+    ]);
+    const [a, b] = floats.data.map((d: Json) => d.embedding as number[]);
+    assert.equal(a.length, 8);
+    assert.notDeepEqual(a, b);
+    assert.ok(Math.abs(Math.hypot(...a) - 1) < 1e-5, "unit length");
+    assert.deepEqual(a, mockEmbedding("first text here"));
+    const base64: Json = await (await post(upstream.url + "/embeddings", {
+      model: "emb",
+      input: "first text here",
+      encoding_format: "base64",
+      dimensions: 4,
+    })).json();
+    assert.equal(typeof base64.data[0].embedding, "string");
+    const bytes = Uint8Array.from(atob(base64.data[0].embedding), (c) => c.charCodeAt(0));
+    assert.deepEqual(
+      Array.from(new Float32Array(bytes.buffer)),
+      mockEmbedding("first text here", 4),
+    );
+    // The SDK asks for base64 unless told otherwise, and decodes it to the same numbers.
+    const client = new OpenAI({ apiKey: "sk-test", baseURL: `${upstream.url}/v1`, maxRetries: 0 });
+    const viaSdk = await client.embeddings.create({ model: "emb", input });
+    assert.equal((upstream.requests.at(-1)!.json as Json).encoding_format, "base64");
+    assert.deepEqual(Array.from(viaSdk.data[1].embedding), b);
+  } finally {
+    await upstream.close();
+  }
+});
+
+Deno.test("default count_tokens reply counts the request's words for the Anthropic SDK", async () => {
+  const upstream = startMockUpstream();
+  try {
+    const client = new Anthropic({ apiKey: "sk-test", baseURL: upstream.url, maxRetries: 0 });
+    const counted = await client.messages.countTokens({
+      model: "claude-x",
+      system: "Be brief",
+      messages: [{ role: "user", content: [{ type: "text", text: "one two three" }] }],
+    });
+    assert.deepEqual(counted, { input_tokens: 5 });
+    assert.equal(upstream.requests[0].path, "/v1/messages/count_tokens");
+    assert.deepEqual(anthropicTokenCount({ model: "m", messages: [] }), { input_tokens: 1 });
+  } finally {
+    await upstream.close();
+  }
+});
+
+Deno.test("failureReply speaks Anthropic's shape for count_tokens, OpenAI's for the rest", () => {
+  const anthropicBody = failureReply("/v1/messages/count_tokens", 529).body as Json;
+  assert.deepEqual(anthropicBody.type, "error");
+  assert.equal(anthropicBody.error.type, "overloaded_error");
+  for (const path of ["/v1/responses", "/v1/embeddings"]) {
+    assert.equal((failureReply(path, 503).body as Json).error.type, "server_error");
   }
 });

@@ -5,38 +5,26 @@
  * Everything here is pure: the benchmark can pre-build chunks once and reuse them.
  * @module
  */
+import {
+  anthropicTokenCount,
+  countTokens,
+  DEFAULT_TEXT,
+  mockId,
+  openaiEmbeddings,
+  openaiResponse,
+  openaiResponseStreamChunks,
+  PROMPT_TOKENS,
+  splitText,
+} from "./mock_endpoints.ts";
 import type { MockReply, MockRequest } from "./mock_upstream.ts";
+
+export * from "./mock_endpoints.ts";
 
 /** The headers both real APIs send on streams, so content-type checks see a real SSE reply. */
 export const sseHeaders: Readonly<Record<string, string>> = Object.freeze({
   "content-type": "text/event-stream; charset=utf-8",
   "cache-control": "no-cache",
 });
-
-const DEFAULT_TEXT = "Hello from the mock";
-const PROMPT_TOKENS = 12;
-
-function mockId(prefix: string): string {
-  return prefix + crypto.randomUUID().replaceAll("-", "").slice(0, 24);
-}
-
-function countTokens(text: string): number {
-  return Math.max(1, text.split(/\s+/).filter(Boolean).length);
-}
-
-/** Split into n non-empty pieces by code point, repeating the text when n exceeds its length. */
-function splitText(text: string, n: number): string[] {
-  const unit = Array.from(text || " ");
-  let chars = unit;
-  while (chars.length < n) chars = [...chars, " ", ...unit];
-  return Array.from(
-    { length: Math.max(0, n) },
-    (_, i) =>
-      chars.slice(Math.floor(i * chars.length / n), Math.floor((i + 1) * chars.length / n)).join(
-        "",
-      ),
-  );
-}
 
 /** A non-streaming chat.completion, so usage extraction has the three OpenAI counters to read. */
 export function openaiCompletion(model: string, text = DEFAULT_TEXT): object {
@@ -163,10 +151,22 @@ export function anthropicStreamChunks(
   ];
 }
 
-function apiOf(path: string): "openai" | "anthropic" | undefined {
-  if (path.endsWith("/chat/completions")) return "openai";
-  if (path.endsWith("/v1/messages")) return "anthropic";
+/** The endpoints the mock answers, by the path's ending (with or without `/v1`). */
+type Endpoint = "chat" | "responses" | "embeddings" | "messages" | "count_tokens";
+
+function endpointOf(path: string): Endpoint | undefined {
+  if (path.endsWith("/chat/completions")) return "chat";
+  if (path.endsWith("/responses")) return "responses";
+  if (path.endsWith("/embeddings")) return "embeddings";
+  if (path.endsWith("/v1/messages")) return "messages";
+  if (path.endsWith("/v1/messages/count_tokens")) return "count_tokens";
   return undefined;
+}
+
+function apiOf(path: string): "openai" | "anthropic" | undefined {
+  const endpoint = endpointOf(path);
+  if (endpoint === undefined) return undefined;
+  return endpoint === "messages" || endpoint === "count_tokens" ? "anthropic" : "openai";
 }
 
 /**
@@ -178,8 +178,8 @@ export function defaultReply(
   _n = 0,
   opts: { events?: number } = {},
 ): MockReply {
-  const api = apiOf(req.path);
-  if (req.method !== "POST" || !api) {
+  const endpoint = endpointOf(req.path);
+  if (req.method !== "POST" || !endpoint) {
     const message = `No mock route for ${req.method} ${req.path}`;
     return {
       status: 404,
@@ -190,13 +190,31 @@ export function defaultReply(
     model?: unknown;
     stream?: unknown;
     stream_options?: { include_usage?: unknown };
+    input?: unknown;
+    encoding_format?: unknown;
+    dimensions?: unknown;
   };
   const model = typeof json.model === "string" ? json.model : "mock-model";
+  switch (endpoint) {
+    case "embeddings": {
+      const { encoding_format: encodingFormat, dimensions } = json;
+      return { body: openaiEmbeddings(model, json.input, { encodingFormat, dimensions }) };
+    }
+    case "count_tokens":
+      return { body: anthropicTokenCount(req.json) };
+    case "responses":
+      return json.stream === true
+        ? {
+          headers: { ...sseHeaders },
+          chunks: openaiResponseStreamChunks(model, { events: opts.events }),
+        }
+        : { body: openaiResponse(model) };
+  }
   if (json.stream !== true) {
-    return { body: api === "openai" ? openaiCompletion(model) : anthropicMessage(model) };
+    return { body: endpoint === "chat" ? openaiCompletion(model) : anthropicMessage(model) };
   }
   const includeUsage = json.stream_options?.include_usage === true;
-  const chunks = api === "openai"
+  const chunks = endpoint === "chat"
     ? openaiStreamChunks(model, { events: opts.events, includeUsage })
     : anthropicStreamChunks(model, { events: opts.events });
   return { headers: { ...sseHeaders }, chunks };

@@ -24,12 +24,12 @@ class ResponsesStreamAssembler implements StreamAssembler {
       return "hold";
     }
     const type = String(data.type ?? event.event ?? "");
-    if (type === "error" || type === "response.failed") return "error";
     const response = asObject(data.response);
     if (response !== null) {
       this.#response = response;
       this.usage = asObject(response.usage) ?? this.usage;
     }
+    if (type === "error" || type === "response.failed") return "error";
     if (END_TYPES.has(type)) {
       this.complete = true;
       return "output";
