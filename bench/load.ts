@@ -69,7 +69,7 @@ async function autocannon(
   connections: number,
   seconds: number,
 ): Promise<Throughput> {
-  const { default: run } = await import("npm:autocannon@^8");
+  const { default: run } = await import("autocannon");
   const result = await run({
     url: request.url,
     method: "POST",
