@@ -37,6 +37,17 @@ export type CommitVerdict = "commit" | "error_event" | "stream_interrupted";
 const encoder = new TextEncoder();
 
 /**
+ * Enqueues into a byte stream, which hands the chunk's whole buffer over to the stream (Deno then
+ * writes it without another copy). A view on part of a buffer that other bytes still use (the
+ * framer keeps an unfinished event there) is copied first.
+ */
+function enqueueOwned(controller: ReadableByteStreamController, bytes: Uint8Array): void {
+  if (bytes.byteLength === 0) return;
+  const whole = bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength;
+  controller.enqueue(whole ? bytes : bytes.slice());
+}
+
+/**
  * Relays an SSE body: reads it in whole events, holds them until the router commits, then passes
  * the provider's bytes through unchanged while the dialect's assembler reads a copy.
  */
@@ -107,7 +118,8 @@ export class SseRelay {
 
   /** The client's body: held events first, then the rest of the stream as it arrives. */
   clientStream(hooks: RelayHooks): ReadableStream<Uint8Array> {
-    return new ReadableStream<Uint8Array>({
+    return new ReadableStream({
+      type: "bytes",
       pull: async (controller) => {
         for (;;) {
           if (this.#ready.length > 0) {
@@ -156,8 +168,8 @@ export class SseRelay {
     return decisive;
   }
 
-  #flush(controller: ReadableStreamDefaultController<Uint8Array>, hooks: RelayHooks): void {
-    for (const bytes of this.#ready) controller.enqueue(bytes);
+  #flush(controller: ReadableByteStreamController, hooks: RelayHooks): void {
+    for (const bytes of this.#ready) enqueueOwned(controller, bytes);
     this.#forwarded += this.#readyBytes;
     this.#ready = [];
     this.#readyBytes = 0;
@@ -196,7 +208,7 @@ export class SseRelay {
     return decisive;
   }
 
-  #endOfStream(controller: ReadableStreamDefaultController<Uint8Array>, hooks: RelayHooks): void {
+  #endOfStream(controller: ReadableByteStreamController, hooks: RelayHooks): void {
     this.#ingestRest();
     if (this.#ready.length > 0) this.#flush(controller, hooks);
     if (this.#assembler.complete || this.#errorMessage !== null) {
@@ -211,15 +223,15 @@ export class SseRelay {
 
   /** Ends the client's stream with one error event in the API's format, on a fresh boundary. */
   #endWithError(
-    controller: ReadableStreamDefaultController<Uint8Array>,
+    controller: ReadableByteStreamController,
     hooks: RelayHooks,
     kind: AttemptError,
     message: string,
   ): void {
     if (kind !== "client_aborted" && this.#errorMessage === null) {
       const event = encoder.encode(this.#dialect.streamErrorEvent(message));
-      controller.enqueue(event);
       this.#forwarded += event.length;
+      controller.enqueue(event);
       hooks.onFirstByte();
     }
     controller.close();
@@ -277,7 +289,8 @@ export function relayPlainBody(
       malformedEvents: null,
     };
   };
-  return new ReadableStream<Uint8Array>({
+  return new ReadableStream({
+    type: "bytes",
     async pull(controller) {
       let result: ReadableStreamReadResult<Uint8Array>;
       hooks.onReading(true);
@@ -295,9 +308,11 @@ export function relayPlainBody(
         hooks.onEnd(summary(null, null));
         return;
       }
-      if (forwarded < keepLimit) kept.push(result.value);
-      controller.enqueue(result.value);
-      forwarded += result.value.length;
+      // Enqueuing hands the buffer over, so the tap keeps a copy.
+      const chunk = result.value;
+      if (forwarded < keepLimit) kept.push(chunk.slice());
+      forwarded += chunk.length;
+      enqueueOwned(controller, chunk);
       hooks.onFirstByte();
     },
     async cancel() {
