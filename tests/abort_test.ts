@@ -8,7 +8,7 @@ import {
   sseHeaders,
   startMockUpstream,
 } from "../tools/mock_upstream.ts";
-import { provider, type RunningRouter, startRouter } from "./harness.ts";
+import { provider, type RunningRouter, startRouter, within } from "./harness.ts";
 
 type Api = "openai" | "anthropic";
 
@@ -18,19 +18,6 @@ const PATHS: Record<Api, string> = {
   openai: "/openai/v1/chat/completions",
   anthropic: "/anthropic/v1/messages",
 };
-
-/** Fails the test instead of hanging it when `promise` never settles. */
-async function within<T>(promise: Promise<T>, what: string, ms = 3000): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`Timed out waiting for ${what}`)), ms);
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 function requestBody(api: Api, stream: boolean): string {
   const messages = [{ role: "user", content: "Hi" }];

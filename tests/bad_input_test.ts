@@ -6,12 +6,12 @@
  */
 import assert from "node:assert/strict";
 import { defaultReply, type MockReply } from "../tools/mock_upstream.ts";
+import { concat } from "./harness.ts";
 import {
   type Api,
   APIS,
   attemptsOf,
   bytesOf,
-  concat,
   MODEL,
   onlyRecord,
   post,

@@ -16,7 +16,7 @@ import {
   openaiCompletion,
   startMockUpstream,
 } from "../tools/mock_upstream.ts";
-import { provider, type RunningRouter, startRouter } from "./harness.ts";
+import { provider, recordAt, type RunningRouter, startRouter } from "./harness.ts";
 
 // deno-lint-ignore no-explicit-any
 type Json = any;
@@ -99,20 +99,6 @@ async function withRouter(
   } finally {
     for (const mock of mocks) await mock.close();
     await router?.close();
-  }
-}
-
-/** The `index`th log record; fails instead of hanging when it never comes. */
-async function recordAt(router: RunningRouter, index = 0): Promise<RequestRecord> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`No log record #${index} within 5 s`)), 5000);
-  });
-  try {
-    const records = await Promise.race([router.sink.waitFor(index + 1), timeout]);
-    return records[index];
-  } finally {
-    clearTimeout(timer);
   }
 }
 

@@ -66,3 +66,130 @@ export function provider(
 export async function readText(response: Response): Promise<string> {
   return await response.text();
 }
+
+/** Settles as `promise` does, or rejects with `message` once `ms` have passed. */
+async function deadline<T>(promise: Promise<T>, ms: number, message: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(message)), ms);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Fails the test instead of hanging it when `promise` never settles. */
+export function within<T>(promise: Promise<T>, what: string, ms = 3000): Promise<T> {
+  return deadline(promise, ms, `Timed out waiting for ${what}`);
+}
+
+/** The `index`th log record; fails instead of hanging when it never comes. */
+export async function recordAt(router: RunningRouter, index = 0): Promise<RequestRecord> {
+  const records = await deadline(
+    router.sink.waitFor(index + 1),
+    5000,
+    `No log record #${index} within 5 s`,
+  );
+  return records[index];
+}
+
+const encoder = new TextEncoder();
+
+/** The parts one after another as bytes; strings are encoded as UTF-8. */
+export function concat(parts: (string | Uint8Array)[]): Uint8Array<ArrayBuffer> {
+  const bytes = parts.map((part) => typeof part === "string" ? encoder.encode(part) : part);
+  const out = new Uint8Array(bytes.reduce((sum, part) => sum + part.length, 0));
+  let at = 0;
+  for (const part of bytes) {
+    out.set(part, at);
+    at += part.length;
+  }
+  return out;
+}
+
+// Spawned router processes: `main.ts` run by a child deno, from the project root.
+
+const root = new URL("..", import.meta.url).pathname;
+/** Deno's flags for tests that are not about permissions: everything the router may use. */
+const RUN_FLAGS = ["run", "--allow-net", "--allow-env", "--allow-read", "--allow-write"];
+
+export interface RouterOptions {
+  /** Variables added to the inherited environment. */
+  env?: Record<string, string>;
+  /** Deno's arguments before `main.ts` (`run` and the permission flags); RUN_FLAGS by default. */
+  flags?: string[];
+}
+
+export interface RouterOutput {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export interface RouterProcess {
+  url: string;
+  child: Deno.ChildProcess;
+  /** All of stdout (with the `listening on` line) and stderr, once the process has exited. */
+  finished: Promise<RouterOutput>;
+}
+
+function routerCommand(args: string[], options: RouterOptions, signal?: AbortSignal) {
+  return new Deno.Command(Deno.execPath(), {
+    args: [...(options.flags ?? RUN_FLAGS), "main.ts", ...args],
+    cwd: root,
+    env: options.env ?? {},
+    signal,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  });
+}
+
+/** Starts `main.ts` with `args` and waits for its `listening on` line. */
+export async function spawnRouter(
+  args: string[],
+  options: RouterOptions = {},
+): Promise<RouterProcess> {
+  const child = routerCommand(args, options).spawn();
+  const [forUrl, forRest] = child.stdout.tee();
+  const stderr = new Response(child.stderr).text();
+  const rest = new Response(forRest).text();
+  const reader = forUrl.pipeThrough(new TextDecoderStream()).getReader();
+  let seen = "";
+  let url: string | undefined;
+  while (url === undefined) {
+    const { done, value } = await reader.read();
+    if (done) {
+      await child.status;
+      throw new Error(`Router exited before listening: ${seen} ${await stderr} ${await rest}`);
+    }
+    seen += value;
+    url = seen.match(/^listening on (http:\/\/\S+:\d+)$/m)?.[1];
+  }
+  await reader.cancel();
+  const finished = child.status.then(async (status) => ({
+    code: status.code,
+    stdout: await rest,
+    stderr: await stderr,
+  }));
+  return { url, child, finished };
+}
+
+/** Runs `main.ts` with `args` to its exit; with `timeoutMs`, one still running then is killed. */
+export async function runRouter(
+  args: string[],
+  options: RouterOptions & { timeoutMs?: number } = {},
+): Promise<RouterOutput> {
+  const signal = options.timeoutMs === undefined
+    ? undefined
+    : AbortSignal.timeout(options.timeoutMs);
+  const output = await routerCommand(args, options, signal).output();
+  const decoder = new TextDecoder();
+  return {
+    code: output.code,
+    stdout: decoder.decode(output.stdout),
+    stderr: decoder.decode(output.stderr),
+  };
+}

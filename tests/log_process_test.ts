@@ -7,48 +7,15 @@ import {
   openaiStreamChunks,
   startMockUpstream,
 } from "../tools/mock_upstream.ts";
-import { provider } from "./harness.ts";
+import { provider, type RouterProcess, spawnRouter } from "./harness.ts";
 
-const root = new URL("..", import.meta.url).pathname;
-const RUN_FLAGS = ["run", "--allow-net", "--allow-env", "--allow-read", "--allow-write"];
 const OPENAI = "/openai/v1/chat/completions";
 const ANTHROPIC = "/anthropic/v1/messages";
 
-interface RouterProcess {
-  url: string;
-  child: Deno.ChildProcess;
-  /** All of stdout (with the `listening on` line) and stderr once the process has exited. */
-  finished: Promise<{ code: number; stdout: string; stderr: string }>;
-}
-
-/** Starts `main.ts` with `config` in LLM_ROUTER_CONFIG and waits for its `listening on` line. */
-async function spawnRouter(config: object, args: string[]): Promise<RouterProcess> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [...RUN_FLAGS, "main.ts", "--port", "0", ...args],
-    cwd: root,
-    env: { LLM_ROUTER_CONFIG: JSON.stringify(config) },
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const [forUrl, forRest] = child.stdout.tee();
-  const stderr = new Response(child.stderr).text();
-  const rest = new Response(forRest).text();
-  const reader = forUrl.pipeThrough(new TextDecoderStream()).getReader();
-  let seen = "";
-  let url: string | undefined;
-  while (url === undefined) {
-    const { done, value } = await reader.read();
-    if (done) throw new Error(`Router exited before listening: ${seen} ${await stderr}`);
-    seen += value;
-    url = seen.match(/^listening on (http:\/\/127\.0\.0\.1:\d+)$/m)?.[1];
-  }
-  await reader.cancel();
-  const finished = child.status.then(async (status) => ({
-    code: status.code,
-    stdout: await rest,
-    stderr: await stderr,
-  }));
-  return { url, child, finished };
+/** Starts `main.ts` on port 0 with `config` in LLM_ROUTER_CONFIG (see `spawnRouter`). */
+function spawnWithConfig(config: object, args: string[]): Promise<RouterProcess> {
+  const env = { LLM_ROUTER_CONFIG: JSON.stringify(config) };
+  return spawnRouter(["--port", "0", ...args], { env });
 }
 
 async function post(url: string, body: object): Promise<{ status: number; id: string }> {
@@ -100,7 +67,7 @@ Deno.test("logging.target stdout prints one JSON record per request on stdout an
   const mock = startMockUpstream();
   const tmp = await Deno.makeTempDir();
   const logDir = `${tmp}/logs`;
-  const router = await spawnRouter({
+  const router = await spawnWithConfig({
     providers: [provider("oa", "openai", mock.url), provider("an", "anthropic", mock.url)],
     logging: { target: "stdout" },
   }, ["--log-dir", logDir]);
@@ -129,7 +96,7 @@ Deno.test("logging.enabled false writes no request log anywhere", async () => {
   const mock = startMockUpstream();
   const tmp = await Deno.makeTempDir();
   const logDir = `${tmp}/logs`;
-  const router = await spawnRouter({
+  const router = await spawnWithConfig({
     providers: [provider("oa", "openai", mock.url)],
     logging: { enabled: false },
   }, ["--log-dir", logDir]);
@@ -163,7 +130,7 @@ Deno.test("SIGTERM with streams in flight exits 0 after logging exactly every re
   });
   const tmp = await Deno.makeTempDir();
   const logDir = `${tmp}/logs`;
-  const router = await spawnRouter({
+  const router = await spawnWithConfig({
     providers: [provider("oa", "openai", mock.url), provider("an", "anthropic", mock.url)],
     logging: { max_body_bytes: 0 },
   }, ["--log-dir", logDir]);
@@ -234,7 +201,7 @@ Deno.test("ops messages are JSON lines on stderr with a level; --log-level error
   const config = { providers: [provider("oa", "openai", mock.url)] };
   const tmp = await Deno.makeTempDir();
 
-  const chatty = await spawnRouter(config, ["--log-dir", tmp]);
+  const chatty = await spawnWithConfig(config, ["--log-dir", tmp]);
   assert.equal(
     (await post(`${chatty.url}${OPENAI}`, { model: "gpt-test", messages: [] })).status,
     200,
@@ -250,7 +217,7 @@ Deno.test("ops messages are JSON lines on stderr with a level; --log-level error
   assert.ok(lines.some((line) => line.level === "info" && line.msg === "Stopped"));
   assert.ok(!chattyResult.stdout.includes('"level"'), "ops lines stay off stdout");
 
-  const quiet = await spawnRouter(config, ["--log-dir", tmp, "--log-level", "error"]);
+  const quiet = await spawnWithConfig(config, ["--log-dir", tmp, "--log-level", "error"]);
   assert.equal(
     (await post(`${quiet.url}${OPENAI}`, { model: "gpt-test", messages: [] })).status,
     200,
@@ -271,7 +238,7 @@ Deno.test("an unwritable --log-dir is reported once on stderr and requests still
   const tmp = await Deno.makeTempDir();
   const blocked = `${tmp}/not-a-dir`;
   await Deno.writeTextFile(blocked, "a regular file");
-  const router = await spawnRouter({ providers: [provider("oa", "openai", mock.url)] }, [
+  const router = await spawnWithConfig({ providers: [provider("oa", "openai", mock.url)] }, [
     "--log-dir",
     blocked,
   ]);
@@ -296,7 +263,7 @@ Deno.test("SIGTERM right after the listening line still shuts down gracefully wi
   const mock = startMockUpstream();
   const tmp = await Deno.makeTempDir();
   for (let i = 0; i < 5; i++) {
-    const router = await spawnRouter({ providers: [provider("oa", "openai", mock.url)] }, [
+    const router = await spawnWithConfig({ providers: [provider("oa", "openai", mock.url)] }, [
       "--log-dir",
       tmp,
     ]);

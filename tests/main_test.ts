@@ -1,72 +1,13 @@
 import assert from "node:assert/strict";
 import { openaiStreamChunks, startMockUpstream } from "../tools/mock_upstream.ts";
-import { provider } from "./harness.ts";
-
-const root = new URL("..", import.meta.url).pathname;
-const RUN_FLAGS = ["run", "--allow-net", "--allow-env", "--allow-read", "--allow-write"];
-
-interface RouterProcess {
-  url: string;
-  child: Deno.ChildProcess;
-  /** Everything on stdout and stderr once the process has exited. */
-  finished: Promise<{ code: number; stdout: string; stderr: string }>;
-}
-
-/** Starts `main.ts` and waits for its `listening on` line. */
-async function spawnRouter(
-  args: string[],
-  env: Record<string, string> = {},
-): Promise<RouterProcess> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [...RUN_FLAGS, "main.ts", ...args],
-    cwd: root,
-    env,
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const [forUrl, forRest] = child.stdout.tee();
-  const stderr = new Response(child.stderr).text();
-  const rest = new Response(forRest).text();
-  const reader = forUrl.pipeThrough(new TextDecoderStream()).getReader();
-  let seen = "";
-  let url: string | undefined;
-  while (url === undefined) {
-    const { done, value } = await reader.read();
-    if (done) throw new Error(`Router exited before listening: ${seen} ${await stderr}`);
-    seen += value;
-    url = seen.match(/^listening on (http:\/\/127\.0\.0\.1:\d+)$/m)?.[1];
-  }
-  await reader.cancel();
-  const finished = child.status.then(async (status) => ({
-    code: status.code,
-    stdout: await rest,
-    stderr: await stderr,
-  }));
-  return { url, child, finished };
-}
-
-async function runToEnd(args: string[], env: Record<string, string> = {}) {
-  const output = await new Deno.Command(Deno.execPath(), {
-    args: [...RUN_FLAGS, "main.ts", ...args],
-    cwd: root,
-    env,
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const decoder = new TextDecoder();
-  return {
-    code: output.code,
-    stdout: decoder.decode(output.stdout),
-    stderr: decoder.decode(output.stderr),
-  };
-}
+import { provider, runRouter, spawnRouter } from "./harness.ts";
 
 Deno.test("main prints help and version", async () => {
-  const help = await runToEnd(["--help"]);
+  const help = await runRouter(["--help"]);
   assert.equal(help.code, 0);
   assert.match(help.stdout, /--config PATH/);
   assert.match(help.stdout, /LLM_ROUTER_CONFIG/);
-  const version = await runToEnd(["--version"]);
+  const version = await runRouter(["--version"]);
   assert.equal(version.code, 0);
   assert.match(version.stdout, /^llm-api-router \d+\.\d+\.\d+/);
 });
@@ -80,14 +21,14 @@ Deno.test("main exits 2 naming the JSON path when the config is invalid", async 
       providers: [{ name: "a", type: "openai", api_key: "${MISSING_KEY_FOR_TEST}" }],
     }),
   );
-  const result = await runToEnd(["--config", path]);
+  const result = await runRouter(["--config", path]);
   assert.equal(result.code, 2);
   assert.match(result.stderr, /providers\[0\]\.api_key: Environment variable MISSING_KEY_FOR_TEST/);
   assert.doesNotMatch(result.stderr, /^\s+at /m, "no stack trace");
-  const badJson = await runToEnd([], { LLM_ROUTER_CONFIG: "{not json" });
+  const badJson = await runRouter([], { env: { LLM_ROUTER_CONFIG: "{not json" } });
   assert.equal(badJson.code, 2);
   assert.match(badJson.stderr, /not valid JSON/);
-  const unknown = await runToEnd(["--bogus"]);
+  const unknown = await runRouter(["--bogus"]);
   assert.equal(unknown.code, 2);
   await Deno.remove(dir, { recursive: true });
 });
@@ -97,7 +38,7 @@ Deno.test("main serves from LLM_ROUTER_CONFIG and writes the request log to --lo
   const logDir = await Deno.makeTempDir();
   const config = { providers: [provider("only", "openai", mock.url)] };
   const router = await spawnRouter(["--port", "0", "--log-dir", logDir], {
-    LLM_ROUTER_CONFIG: JSON.stringify(config),
+    env: { LLM_ROUTER_CONFIG: JSON.stringify(config) },
   });
   const response = await fetch(`${router.url}/openai/chat/completions`, {
     method: "POST",

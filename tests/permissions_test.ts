@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { type MockRequest, startMockUpstream } from "../tools/mock_upstream.ts";
+import { type RouterOutput, type RouterProcess, runRouter, spawnRouter } from "./harness.ts";
 
 const root = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 const decoder = new TextDecoder();
@@ -73,64 +74,17 @@ Deno.test("the start task asks for no --allow-all, -A or --allow-run, and scopes
   );
 });
 
-interface Started {
-  url: string;
-  child: Deno.ChildProcess;
-  /** stdout and stderr in full, once the process has exited. */
-  finished: Promise<{ code: number; stdout: string; stderr: string }>;
-}
-
-function command(
-  args: string[],
-  env: Record<string, string>,
-  signal?: AbortSignal,
-): Deno.Command {
-  return new Deno.Command(Deno.execPath(), {
-    args: [...START_ARGS, ...args],
-    cwd: root,
-    env,
-    signal,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  });
-}
+/** The task's own flags: everything between `deno` and `main.ts`. */
+const START_FLAGS = { flags: START_ARGS.slice(0, -1) };
 
 /** Starts the router under the task's flags and waits for its `listening on` line. */
-async function start(args: string[], env: Record<string, string> = {}): Promise<Started> {
-  const child = command(args, env).spawn();
-  const [forUrl, forRest] = child.stdout.tee();
-  const stderr = new Response(child.stderr).text();
-  const rest = new Response(forRest).text();
-  const reader = forUrl.pipeThrough(new TextDecoderStream()).getReader();
-  let seen = "";
-  let url: string | undefined;
-  while (url === undefined) {
-    const { done, value } = await reader.read();
-    if (done) {
-      await child.status;
-      throw new Error(`Router exited before listening: ${seen} ${await stderr} ${await rest}`);
-    }
-    seen += value;
-    url = seen.match(/^listening on (http:\/\/\S+:\d+)$/m)?.[1];
-  }
-  await reader.cancel();
-  const finished = child.status.then(async (status) => ({
-    code: status.code,
-    stdout: await rest,
-    stderr: await stderr,
-  }));
-  return { url, child, finished };
+function start(args: string[], env: Record<string, string> = {}): Promise<RouterProcess> {
+  return spawnRouter(args, { ...START_FLAGS, env });
 }
 
 /** Runs the router to its exit; one that starts serving instead is killed after 3 s. */
-async function runToEnd(args: string[], env: Record<string, string> = {}) {
-  const output = await command(args, env, AbortSignal.timeout(3000)).output();
-  return {
-    code: output.code,
-    stdout: decoder.decode(output.stdout),
-    stderr: decoder.decode(output.stderr),
-  };
+function runToEnd(args: string[]): Promise<RouterOutput> {
+  return runRouter(args, { ...START_FLAGS, timeoutMs: 3000 });
 }
 
 /** A config file in a fresh directory inside the project (what `--allow-read=.` covers). */

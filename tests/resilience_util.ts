@@ -14,7 +14,7 @@ import {
   sseHeaders,
   startMockUpstream,
 } from "../tools/mock_upstream.ts";
-import { provider, type RunningRouter, startRouter } from "./harness.ts";
+import { provider, type RunningRouter, startRouter, within as withinHarness } from "./harness.ts";
 
 export type Api = "openai" | "anthropic";
 export const APIS: readonly Api[] = ["openai", "anthropic"];
@@ -78,17 +78,9 @@ export function splitAtFirstOutput(api: Api, chunks: string[]): [string[], strin
 
 export { sseHeaders };
 
-/** Fails the test instead of hanging it when `promise` never settles. */
-export async function within<T>(promise: Promise<T>, what: string, ms = 4000): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`Timed out waiting for ${what}`)), ms);
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
+/** The harness's `within`, with this suite's longer default wait of 4 s. */
+export function within<T>(promise: Promise<T>, what: string, ms = 4000): Promise<T> {
+  return withinHarness(promise, what, ms);
 }
 
 export function sleep(ms: number): Promise<void> {
@@ -111,17 +103,6 @@ export async function bytesOf(response: Response): Promise<Uint8Array> {
 
 export function utf8(text: string): Uint8Array<ArrayBuffer> {
   return encoder.encode(text);
-}
-
-export function concat(parts: (string | Uint8Array)[]): Uint8Array<ArrayBuffer> {
-  const bytes = parts.map((part) => typeof part === "string" ? encoder.encode(part) : part);
-  const out = new Uint8Array(bytes.reduce((sum, part) => sum + part.length, 0));
-  let at = 0;
-  for (const part of bytes) {
-    out.set(part, at);
-    at += part.length;
-  }
-  return out;
 }
 
 /** The one record a test's single request produced. */

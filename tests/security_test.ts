@@ -23,7 +23,7 @@ import {
   sseHeaders,
   startMockUpstream,
 } from "../tools/mock_upstream.ts";
-import { provider, type RunningRouter, startRouter } from "./harness.ts";
+import { provider, type RunningRouter, startRouter, within } from "./harness.ts";
 
 // deno-lint-ignore no-explicit-any
 type Json = any;
@@ -70,19 +70,6 @@ function post(
 
 const bearer = (key: string) => ({ authorization: `Bearer ${key}` });
 const xApiKey = (key: string) => ({ "x-api-key": key });
-
-/** Fails the test instead of hanging it when `promise` never settles. */
-async function within<T>(promise: Promise<T>, what: string, ms = 3000): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`Timed out waiting for ${what}`)), ms);
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /** The router's own error in the endpoint's format: exactly the API's error shape. */
 function assertErrorFormat(api: Api, body: Json, status: number, code: string): void {

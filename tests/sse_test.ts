@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import type { EventSourceMessage } from "eventsource-parser";
 import { SseEventReader, SseFramer } from "../src/sse.ts";
+import { concat } from "./harness.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -41,16 +42,6 @@ function boundaries(bytes: Uint8Array): number[] {
     if (bytes[i] === CR && bytes[i + 1] === LF) i++;
     if (blank) out.push(i + 1);
     lineStart = i + 1;
-  }
-  return out;
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((sum, part) => sum + part.length, 0));
-  let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.length;
   }
   return out;
 }

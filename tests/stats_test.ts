@@ -17,7 +17,7 @@ import {
   sseHeaders,
   startMockUpstream,
 } from "../tools/mock_upstream.ts";
-import { provider, type RunningRouter, startRouter } from "./harness.ts";
+import { provider, type RunningRouter, spawnRouter, startRouter } from "./harness.ts";
 
 // deno-lint-ignore no-explicit-any
 type Json = any;
@@ -714,8 +714,6 @@ Deno.test("/metrics is valid exposition text with the counts and histograms the 
 // ---------------------------------------------------------------------------------------------
 // OpenTelemetry: a real router process exporting OTLP/JSON to a collector in this test.
 
-const root = new URL("..", import.meta.url).pathname;
-
 interface OtlpAttribute {
   key: string;
   value: { stringValue?: string; intValue?: string; doubleValue?: number; boolValue?: boolean };
@@ -771,20 +769,7 @@ async function serverSpansOf(
   const collector = startCollector();
   const logDir = await Deno.makeTempDir();
   try {
-    const child = new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "--allow-net",
-        "--allow-env",
-        "--allow-read",
-        "--allow-write",
-        "main.ts",
-        "--port",
-        "0",
-        "--log-dir",
-        logDir,
-      ],
-      cwd: root,
+    const { url, child, finished } = await spawnRouter(["--port", "0", "--log-dir", logDir], {
       env: {
         LLM_ROUTER_CONFIG: JSON.stringify(config),
         OTEL_DENO: "true",
@@ -793,23 +778,7 @@ async function serverSpansOf(
         OTEL_SERVICE_NAME: "llm-api-router",
         OTEL_BSP_SCHEDULE_DELAY: "100",
       },
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const [forUrl, forRest] = child.stdout.tee();
-    const stderr = new Response(child.stderr).text();
-    const rest = new Response(forRest).text();
-    const reader = forUrl.pipeThrough(new TextDecoderStream()).getReader();
-    let seen = "";
-    let found: string | undefined;
-    while (found === undefined) {
-      const { done, value } = await reader.read();
-      if (done) throw new Error(`Router exited before listening: ${seen} ${await stderr}`);
-      seen += value;
-      found = seen.match(/^listening on (http:\/\/127\.0\.0\.1:\d+)$/m)?.[1];
-    }
-    await reader.cancel();
-    const url: string = found;
+    });
     try {
       for (const body of bodies) {
         const response = await fetch(`${url}/openai/v1/chat/completions`, {
@@ -823,10 +792,8 @@ async function serverSpansOf(
     } finally {
       child.kill("SIGTERM");
     }
-    const status = await child.status;
-    await rest;
-    const errors = await stderr;
-    assert.equal(status.code, 0, errors);
+    const { code, stderr } = await finished;
+    assert.equal(code, 0, stderr);
     assert.ok(collector.contentTypes.length > 0, "the collector received POST /v1/traces");
     for (const type of collector.contentTypes) assert.match(type, /^application\/json/);
     const servers = collector.spans

@@ -9,7 +9,7 @@ import {
   sseHeaders,
   startMockUpstream,
 } from "../tools/mock_upstream.ts";
-import { provider, type RunningRouter, startRouter } from "./harness.ts";
+import { concat, provider, type RunningRouter, startRouter, within } from "./harness.ts";
 
 type Api = "openai" | "anthropic";
 
@@ -23,35 +23,12 @@ const PATHS: Record<Api, string> = {
 
 const MODELS: Record<Api, string> = { openai: "gpt-4o", anthropic: "claude-mock-1" };
 
-/** Fails the test instead of hanging it when `promise` never settles. */
-async function within<T>(promise: Promise<T>, what: string, ms = 3000): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`Timed out waiting for ${what}`)), ms);
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
 async function fixture(name: string): Promise<Uint8Array> {
   return await Deno.readFile(new URL(`./fixtures/${name}`, import.meta.url));
 }
 
 async function fixtureText(name: string): Promise<string> {
   return decoder.decode(await fixture(name));
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((sum, part) => sum + part.length, 0));
-  let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.length;
-  }
-  return out;
 }
 
 function toCrlf(bytes: Uint8Array): Uint8Array {
