@@ -40,7 +40,11 @@ export function createHandler(
   deps: AppDeps,
 ): (request: Request) => Promise<Response> {
   const { sink } = deps;
-  const stats = deps.stats ?? new Stats();
+  const stats = deps.stats ?? new Stats((model) => {
+    const current = config();
+    return Object.hasOwn(current.model_mapping, model) ||
+      current.providers.some((provider) => provider.models?.includes(model));
+  });
   const routerDeps: RouterDeps = {
     fetch: deps.fetch ?? fetch,
     now: deps.now ?? (() => performance.now()),
@@ -107,7 +111,10 @@ export function createHandler(
     context.admission.counted = true;
     let body;
     try {
-      body = await readClientBody(request, current.limits.max_request_bytes);
+      body = await readClientBody(request, {
+        maxBytes: current.limits.max_request_bytes,
+        deadlineMs: current.timeouts.first_byte_ms,
+      });
     } catch (error) {
       if (request.signal.aborted) return clientGone(trace);
       return reject(context, 400, `Could not read the request body: ${error}`, "invalid_body");
@@ -118,18 +125,25 @@ export function createHandler(
     const model = String(fields.model);
     trace.record.model = model;
     trace.record.stream = fields.stream === true;
-    const response = await forward(current, {
-      ...route,
-      search: url.search,
-      headers: request.headers,
-      body: body.bytes,
-      model,
-      stream: fields.stream === true,
-      signal: request.signal,
-      trace,
-      arrived,
-      usageInjection: route.dialect.usageInjection?.(current, fields) ?? null,
-    }, routerDeps);
+    let response: Response;
+    try {
+      response = await forward(current, {
+        ...route,
+        search: url.search,
+        headers: request.headers,
+        body: body.bytes,
+        model,
+        stream: fields.stream === true,
+        signal: request.signal,
+        trace,
+        arrived,
+        usageInjection: route.dialect.usageInjection?.(current, fields) ?? null,
+      }, routerDeps);
+    } catch (error) {
+      // A bug must cost one request, never the record, the concurrency slot or the process.
+      if (trace.finished) throw error;
+      return reject(context, 502, `The router failed on this request: ${error}`, "router_error");
+    }
     if (context.span !== undefined) annotateSpan(context.span, trace.record);
     return response;
   }

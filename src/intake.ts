@@ -18,31 +18,46 @@ export interface Refusal {
 
 const decoder = new TextDecoder();
 
+const TIMED_OUT = Symbol("timed out");
+
 /**
- * Reads at most `limit` bytes: a declared or actual size beyond it is refused without reading
- * the rest into memory. Null means the body was larger.
+ * Reads at most `limit` bytes within `deadlineMs`: a declared or actual size beyond the limit
+ * is refused without reading the rest into memory (null), and a client that stops sending is
+ * not waited for (TIMED_OUT), so it cannot hold a concurrency slot or a shutdown open.
  */
 async function readLimited(
   request: Request,
   limit: number,
-): Promise<Uint8Array<ArrayBuffer> | null> {
+  deadlineMs: number,
+): Promise<Uint8Array<ArrayBuffer> | null | typeof TIMED_OUT> {
   const declared = Number(request.headers.get("content-length") ?? NaN);
   if (declared > limit) return null;
   if (request.body === null) return new Uint8Array(0);
-  // A declared length within the limit can be read in one go, without a stream reader.
-  if (declared <= limit) return await request.bytes();
   const parts: Uint8Array[] = [];
   let size = 0;
   const reader = request.body.getReader();
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    size += value.length;
-    if (size > limit) {
-      await reader.cancel().catch(() => {});
-      return null;
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    reader.cancel().catch(() => {});
+  }, deadlineMs);
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (timedOut) return TIMED_OUT;
+      if (done) break;
+      size += value.length;
+      if (size > limit) {
+        await reader.cancel().catch(() => {});
+        return null;
+      }
+      parts.push(value);
     }
-    parts.push(value);
+  } catch (error) {
+    if (timedOut) return TIMED_OUT;
+    throw error;
+  } finally {
+    clearTimeout(timer);
   }
   const bytes = new Uint8Array(size);
   let at = 0;
@@ -60,15 +75,21 @@ function isJsonType(contentType: string | null): boolean {
 }
 
 /**
- * Reads and checks a client's body: size, JSON, an object with a string `model` and, if
+ * Reads and checks a client's body: size, time (the first-byte timeout, the time a provider
+ * would get to start its answer), JSON, an object with a string `model` and, if
  * present, a boolean `stream`. A missing or non-JSON content type is accepted when the body
  * parses; otherwise it is what the client got wrong (415).
  */
 export async function readClientBody(
   request: Request,
-  maxBytes: number,
+  limits: { maxBytes: number; deadlineMs: number },
 ): Promise<ClientBody | Refusal> {
-  const bytes = await readLimited(request, maxBytes);
+  const { maxBytes, deadlineMs } = limits;
+  const bytes = await readLimited(request, maxBytes, deadlineMs);
+  if (bytes === TIMED_OUT) {
+    const message = `Request body did not arrive within ${deadlineMs} ms`;
+    return { status: 408, message, code: "request_timeout", logged: null };
+  }
   if (bytes === null) {
     const message = `Request body is larger than the limit of ${maxBytes} bytes`;
     return { status: 413, message, code: "request_too_large", logged: null };

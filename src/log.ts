@@ -59,8 +59,18 @@ class QueuedLineWriter implements RecordSink {
     if (this.#closed || this.#draining !== null || this.#scheduled !== undefined) return;
     this.#scheduled = setTimeout(() => {
       this.#scheduled = undefined;
-      this.#draining = this.#drain();
+      this.#startDrain();
     }, ms);
+  }
+
+  /** One drain at a time; `#draining` is cleared by the drain that set it, whenever it ends. */
+  #startDrain(): Promise<void> {
+    const run = this.#drain().finally(() => {
+      if (this.#draining === run) this.#draining = null;
+      if (this.#failed !== null) this.#schedule(RETRY_MS);
+    });
+    this.#draining = run;
+    return run;
   }
 
   /** Writes what is queued and stops retrying; a later `write` starts the writer again. */
@@ -69,34 +79,31 @@ class QueuedLineWriter implements RecordSink {
     clearTimeout(this.#scheduled);
     this.#scheduled = undefined;
     await this.#draining;
-    if (this.#queue.length > 0 || this.#failed !== null) await (this.#draining = this.#drain());
+    if (this.#queue.length > 0 || this.#failed !== null) await this.#startDrain();
   }
 
   async #drain(): Promise<void> {
-    try {
-      while (this.#failed !== null || this.#queue.length > 0) {
-        const bytes = this.#failed ?? this.#serialize();
-        this.#failed = null;
-        try {
-          await this.target.append(bytes);
-        } catch (error) {
-          this.#failed = bytes;
-          this.writeErrors++;
-          this.target.reset();
-          if (!this.#failing) {
-            this.reports.onError(`Cannot write request log ${this.target.name}: ${error}`);
-          }
-          this.#failing = true;
-          return;
+    while (this.#failed !== null || this.#queue.length > 0) {
+      const bytes = this.#failed ?? this.#serialize();
+      this.#failed = null;
+      try {
+        await this.target.append(bytes);
+      } catch (error) {
+        // Retry only what did not reach the file, so no line is written twice.
+        const written = error instanceof PartialWrite ? error.written : 0;
+        this.#failed = bytes.subarray(written);
+        this.writeErrors++;
+        this.target.reset();
+        if (!this.#failing) {
+          this.reports.onError(`Cannot write request log ${this.target.name}: ${error}`);
         }
-        if (this.#failing) {
-          this.reports.onRecover?.(`Request log is writable again: ${this.target.name}`);
-        }
-        this.#failing = false;
+        this.#failing = true;
+        return;
       }
-    } finally {
-      this.#draining = null;
-      if (this.#failed !== null) this.#schedule(RETRY_MS);
+      if (this.#failing) {
+        this.reports.onRecover?.(`Request log is writable again: ${this.target.name}`);
+      }
+      this.#failing = false;
     }
   }
 
@@ -108,14 +115,31 @@ class QueuedLineWriter implements RecordSink {
       const all = secrets.length === 0
         ? this.options.secrets
         : [...this.options.secrets, ...secrets];
-      text += serializeRecord(record, { maxBodyBytes: this.options.maxBodyBytes, secrets: all }) +
-        "\n";
+      const options = { maxBodyBytes: this.options.maxBodyBytes, secrets: all };
+      try {
+        text += serializeRecord(record, options) + "\n";
+      } catch (error) {
+        // A record too odd to serialize loses its bodies, never the writer or the process.
+        const bare = { ...record, request: null, response: null };
+        bare.error ??= {
+          type: "log_error",
+          message: `Record could not be written whole: ${error}`,
+        };
+        text += serializeRecord(bare, options) + "\n";
+      }
     }
     return encoder.encode(text);
   }
 }
 
 const LF = 0x0a;
+
+/** A failed append that had already written its first `written` bytes. */
+class PartialWrite extends Error {
+  constructor(readonly written: number, options: ErrorOptions) {
+    super(`Failed after ${written} bytes: ${options.cause}`, options);
+  }
+}
 
 /**
  * `<dir>/requests.jsonl`, rotated by size as a classic rotating file handler does: past
@@ -136,36 +160,43 @@ export class RotatingFile implements LineTarget {
   }
 
   async append(bytes: Uint8Array): Promise<void> {
-    if (this.#size === null) {
-      await Deno.mkdir(this.dir, { recursive: true });
-      this.#size = await Deno.stat(this.name).then((info) => info.size, () => 0);
-    }
-    let rest = bytes;
-    while (rest.length > 0) {
-      const room = this.rotation.maxBytes - this.#size;
-      let cut = rest.length <= room
-        ? rest.length
-        : room > 0
-        ? rest.lastIndexOf(LF, room - 1) + 1
-        : 0;
-      if (cut === 0) {
-        if (this.#size > 0) {
-          await this.#rotate();
-          continue;
+    let written = 0;
+    try {
+      let size = this.#size ?? await this.#open();
+      while (written < bytes.length) {
+        const rest = bytes.subarray(written);
+        const room = this.rotation.maxBytes - size;
+        let cut = rest.length <= room
+          ? rest.length
+          : room > 0
+          ? rest.lastIndexOf(LF, room - 1) + 1
+          : 0;
+        if (cut === 0) {
+          if (size > 0) {
+            size = await this.#rotate();
+            continue;
+          }
+          cut = rest.indexOf(LF) + 1 || rest.length;
         }
-        cut = rest.indexOf(LF) + 1 || rest.length;
+        await Deno.writeFile(this.name, rest.subarray(0, cut), { append: true, create: true });
+        this.#size = size += cut;
+        written += cut;
       }
-      await Deno.writeFile(this.name, rest.subarray(0, cut), { append: true, create: true });
-      this.#size += cut;
-      rest = rest.subarray(cut);
+    } catch (error) {
+      throw new PartialWrite(written, { cause: error });
     }
+  }
+
+  async #open(): Promise<number> {
+    await Deno.mkdir(this.dir, { recursive: true });
+    return this.#size = await Deno.stat(this.name).then((info) => info.size, () => 0);
   }
 
   reset(): void {
     this.#size = null;
   }
 
-  async #rotate(): Promise<void> {
+  async #rotate(): Promise<number> {
     const { maxFiles } = this.rotation;
     await Deno.remove(`${this.name}.${maxFiles}`).catch(() => {});
     for (let n = maxFiles - 1; n >= 1; n--) {
@@ -173,7 +204,7 @@ export class RotatingFile implements LineTarget {
     }
     if (maxFiles >= 1) await Deno.rename(this.name, `${this.name}.1`);
     else await Deno.remove(this.name);
-    this.#size = 0;
+    return this.#size = 0;
   }
 }
 

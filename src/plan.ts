@@ -15,7 +15,10 @@ export interface Candidate {
  * with no mapping is forwarded under its own name. Each pair appears once.
  */
 export function planCandidates(config: Config, dialect: Dialect, model: string): Candidate[] {
-  const targets = config.model_mapping[model] ?? [model];
+  // Own keys only: a client's "constructor" or "toString" is a model name, not a prototype member.
+  const targets = Object.hasOwn(config.model_mapping, model)
+    ? config.model_mapping[model]
+    : [model];
   const providers = config.providers
     .filter((provider) => provider.type === dialect.type)
     .sort((a, b) => a.priority - b.priority);

@@ -137,7 +137,12 @@ export class SseRelay {
             this.#endOfStream(controller, hooks);
             return;
           }
-          this.#ingest(this.#framer.push(result.value));
+          try {
+            this.#ingest(this.#framer.push(result.value));
+          } catch (error) {
+            this.#endWithError(controller, hooks, "stream_interrupted", String(error));
+            return;
+          }
         }
       },
       cancel: async () => {

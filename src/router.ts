@@ -116,6 +116,7 @@ export async function forward(
   const waited = new Set<Candidate>();
   let failure: Failure | null = null;
   for (;;) {
+    if (deps.now() >= deadline) break;
     let candidate = queue.shift();
     if (candidate === undefined) {
       candidate = await waitForRecovery(recovering, waited, deadline, request, deps);
@@ -194,7 +195,7 @@ async function tryCandidate(
   if (request.usageInjection !== null) body = request.usageInjection.splice(body);
   for (let retry = 0;; retry++) {
     const retriesLeft = retry < config.retries.per_provider;
-    const outcome = await attempt(config, request, candidate, body, last && !retriesLeft, deps);
+    const outcome = await attempt(config, request, candidate, body, last, deps);
     if (outcome instanceof Response) return outcome;
     const retryable = outcome.error === "connect_error" ||
       (outcome.status !== null && outcome.status >= 500);
@@ -235,7 +236,10 @@ async function attempt(
   const failed = (error: AttemptError, kept: Failure["kept"], headers: Headers | null): Failure => {
     close(error);
     const status = record.status;
-    deps.health.failed(provider.name, { error, status, headers }, config.cooldown);
+    // Running out of the request's own time says nothing about the provider.
+    if (signal.timedOut !== "total") {
+      deps.health.failed(provider.name, { error, status, headers }, config.cooldown);
+    }
     let retryAfterUntil: number | null = null;
     if (headers !== null && status !== null && RETRY_AFTER_STATUSES.has(status)) {
       const wait = retryAfterMs(headers, Date.now());
@@ -263,6 +267,12 @@ async function attempt(
     return failed(signal.failureKind(), null, null);
   }
   record.status = upstream.status;
+  if (upstream.status < 200 || upstream.status > 599) {
+    // Not a status a Response can carry on: no answer at all, as far as the client is concerned.
+    signal.abandon();
+    await upstream.body?.cancel().catch(() => {});
+    return failed("http_status", null, null);
+  }
   if (fallsBack(upstream.status)) {
     if (last) return failed("http_status", { upstream, signal }, upstream.headers);
     signal.abandon();

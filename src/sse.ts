@@ -2,6 +2,8 @@ import { createParser, type EventSourceMessage, type EventSourceParser } from "e
 
 const LF = 0x0a;
 const CR = 0x0d;
+/** One event larger than this is no event a model API sends; holding it would hold memory. */
+const MAX_EVENT_BYTES = 16 * 1024 * 1024;
 
 /** The bytes of whole events, ready to forward, with each event's end offset inside them. */
 export interface Framed {
@@ -21,7 +23,10 @@ export class SseFramer {
   #atLineStart = true;
   #afterCR = false;
 
-  /** Takes the next chunk; returns the whole events it completes, or null when none. */
+  /**
+   * Takes the next chunk; returns the whole events it completes, or null when none. Throws when
+   * an unfinished event outgrows MAX_EVENT_BYTES.
+   */
   push(chunk: Uint8Array): Framed | null {
     const ends: number[] = [];
     for (let i = 0; i < chunk.length; i++) {
@@ -67,6 +72,9 @@ export class SseFramer {
   #keep(bytes: Uint8Array): void {
     this.#carry.push(bytes);
     this.#carryLength += bytes.length;
+    if (this.#carryLength > MAX_EVENT_BYTES) {
+      throw new Error(`An SSE event grew past ${MAX_EVENT_BYTES} bytes without ending`);
+    }
   }
 
   #take(tail: Uint8Array): Uint8Array {

@@ -7,6 +7,10 @@ export type FailureReason = "timeout" | "network" | "429" | "401" | "5xx" | "oth
 
 /** Upper bounds of the latency histograms, in seconds, as Prometheus clients conventionally use. */
 export const BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120];
+/** Where model names the config does not know, and no provider answered, are counted. */
+const OTHER_MODELS = "(other)";
+const MAX_MODEL_NAME = 256;
+
 /** Recent samples kept per series for percentiles; old ones are overwritten. */
 const RECENT = 1024;
 
@@ -93,7 +97,23 @@ export class Stats {
   readonly clientRequests = new Map<string, number>();
   readonly clientTokens = new Map<string, number>();
 
+  /**
+   * `isConfigured` tells the model names the config knows (mapping keys, providers' `models`).
+   * Other names a client sends are counted under `(other)` unless a provider answered them,
+   * so made-up names cannot grow the statistics without bound.
+   */
+  constructor(private readonly isConfigured: (model: string) => boolean = () => true) {}
+
+  #modelLabel(record: RequestRecord): string | null {
+    const name = record.model;
+    if (name === null) return null;
+    const answered = record.provider !== null && record.status !== null && record.status < 400;
+    const known = this.isConfigured(name) || answered;
+    return known && name.length <= MAX_MODEL_NAME ? name : OTHER_MODELS;
+  }
+
   add(record: RequestRecord): void {
+    record = { ...record, model: this.#modelLabel(record) };
     const key = JSON.stringify([record.endpoint, record.provider, record.model, record.status]);
     this.requests.set(key, (this.requests.get(key) ?? 0) + 1);
     if (record.client !== null) {

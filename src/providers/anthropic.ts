@@ -18,7 +18,8 @@ class MessageStreamAssembler implements StreamAssembler {
   malformed = 0;
   usage: JsonObject | null = null;
   #message: JsonObject | null = null;
-  #blocks: JsonObject[] = [];
+  /** By index; a map, so a hostile index cannot make a huge sparse array. */
+  #blocks = new Map<number, JsonObject>();
   #partialJson = new Map<number, string>();
   #budget: TextBudget;
 
@@ -42,7 +43,7 @@ class MessageStreamAssembler implements StreamAssembler {
         break;
       }
       case "content_block_start":
-        this.#blocks[Number(data.index)] = { ...asObject(data.content_block) };
+        this.#blocks.set(Number(data.index), { ...asObject(data.content_block) });
         break;
       case "content_block_delta":
         this.#applyDelta(Number(data.index), asObject(data.delta) ?? {});
@@ -65,7 +66,8 @@ class MessageStreamAssembler implements StreamAssembler {
   }
 
   #applyDelta(index: number, delta: JsonObject): void {
-    const block = this.#blocks[index] ??= {};
+    let block = this.#blocks.get(index);
+    if (block === undefined) this.#blocks.set(index, block = {});
     const keep = (text: unknown) => this.#budget.take(String(text ?? ""));
     switch (delta.type) {
       case "text_delta":
@@ -97,13 +99,15 @@ class MessageStreamAssembler implements StreamAssembler {
     if (json === undefined) return;
     this.#partialJson.delete(index);
     const input = json === "" ? {} : tryParseJson(json);
-    this.#blocks[index].input = input === undefined ? json : input;
+    const block = this.#blocks.get(index);
+    if (block !== undefined) block.input = input === undefined ? json : input;
   }
 
   response(): JsonObject | null {
     if (this.#message === null) return null;
     for (const index of [...this.#partialJson.keys()]) this.#finishBlock(index);
-    return { ...this.#message, content: this.#blocks.filter(Boolean), usage: this.usage };
+    const content = [...this.#blocks].sort(([a], [b]) => a - b).map(([, block]) => block);
+    return { ...this.#message, content, usage: this.usage };
   }
 }
 

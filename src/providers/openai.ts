@@ -21,6 +21,9 @@ interface Choice {
   finish_reason: string | null;
 }
 
+/** Choices and tool calls beyond this index are not reassembled: no provider sends so many. */
+const MAX_INDEX = 1024;
+
 function nonEmpty(value: unknown): boolean {
   return typeof value === "string" ? value.length > 0 : value !== undefined && value !== null;
 }
@@ -67,6 +70,7 @@ class ChatStreamAssembler implements StreamAssembler {
 
   #fold(choice: JsonObject, delta: JsonObject): void {
     const index = typeof choice.index === "number" ? choice.index : 0;
+    if (!(index >= 0 && index < MAX_INDEX)) return;
     let state = this.#choices.get(index);
     if (state === undefined) {
       state = {
@@ -92,6 +96,7 @@ class ChatStreamAssembler implements StreamAssembler {
       const part = asObject(raw);
       if (part === null) continue;
       const at = typeof part.index === "number" ? part.index : message.tool_calls.length;
+      if (!(at >= 0 && at < MAX_INDEX)) continue;
       const call = message.tool_calls[at] ??= {
         type: "function",
         function: { name: "", arguments: "" },
