@@ -82,7 +82,7 @@ function keyIs(bytes: Uint8Array, span: Span, name: string): boolean {
 }
 
 /** One top-level `"key": value` pair: where the key starts and where the value lies. */
-export interface Member {
+interface Member {
   key: Span;
   value: Span;
 }
@@ -92,7 +92,7 @@ export interface Member {
  * object (the caller parsed a copy). With duplicate keys every occurrence is returned, so the
  * provider sees an edit whichever occurrence its parser keeps.
  */
-export function findMembers(bytes: Uint8Array, name: string): Member[] {
+function findMembers(bytes: Uint8Array, name: string): Member[] {
   const members: Member[] = [];
   const bom = bytes[0] === 0xef && bytes[1] === 0xbb && bytes[2] === 0xbf ? 3 : 0;
   let i = skipWhitespace(bytes, bom);

@@ -170,8 +170,6 @@ const configSchema = z.strictObject({
 export type Config = z.output<typeof configSchema>;
 /** One upstream, with `base_url`, `priority` and its effective `timeouts` always present. */
 export type ProviderConfig = Config["providers"][number];
-/** A `model: null` object target means "send the client's model name unchanged". */
-export type MappingTarget = Config["model_mapping"][string][number];
 
 /** Carries every problem found, one per line, so a user can fix a config in one pass. */
 export class ConfigError extends Error {

@@ -1,11 +1,9 @@
-import type { Config } from "./config.ts";
+import type { Config, ProviderConfig } from "./config.ts";
 import type { Dialect } from "./providers/mod.ts";
-
-type Provider = Config["providers"][number];
 
 /** One (provider, upstream model) pair to try. */
 export interface Candidate {
-  provider: Provider;
+  provider: ProviderConfig;
   model: string;
 }
 

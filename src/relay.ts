@@ -4,7 +4,7 @@ import type { Dialect, EventFilter, EventRole, StreamAssembler } from "./provide
 import { type Framed, SseEventReader, SseFramer } from "./sse.ts";
 
 /** Events held before commit, at most; past it the router commits and sends them. */
-export const HOLD_LIMIT_BYTES = 64 * 1024;
+const HOLD_LIMIT_BYTES = 64 * 1024;
 
 /** What the tap learned from a body that has ended, for the log record. */
 export interface RelayEnd {
