@@ -1,6 +1,7 @@
 import { trace as otel } from "@opentelemetry/api";
 import type { Config } from "./config.ts";
 import { Gate, presentedKeys } from "./auth.ts";
+import { createHttpClient } from "./http_client.ts";
 import { corsHeaders, preflight } from "./cors.ts";
 import { ProviderHealth } from "./health.ts";
 import { readClientBody } from "./intake.ts";
@@ -45,11 +46,12 @@ export function createHandler(
     return Object.hasOwn(current.model_mapping, model) ||
       current.providers.some((provider) => provider.models?.includes(model));
   });
+  const now = deps.now ?? (() => performance.now());
   const routerDeps: RouterDeps = {
-    fetch: deps.fetch ?? fetch,
-    now: deps.now ?? (() => performance.now()),
+    upstream: deps.upstream ?? createHttpClient(),
+    now,
     health: deps.health ?? new ProviderHealth(),
-    inFlight: deps.inFlight ?? new InFlight(),
+    inFlight: deps.inFlight ?? new InFlight(now),
   };
   const gates = new WeakMap<Config, Gate>();
   const gateFor = (current: Config) => {

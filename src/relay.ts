@@ -267,36 +267,100 @@ function errorMessageOf(data: string): string {
 
 const decoder = new TextDecoder();
 
+/** Of a plain answer, the router reads this much before it commits (fully, for most). */
+const PLAIN_HOLD_BYTES = 256 * 1024;
+
+/** A plain body as read before commit: whole when `ended`, otherwise its first part. */
+export interface PlainHead {
+  chunks: Uint8Array[];
+  bytes: number;
+  ended: boolean;
+  reader: ReadableStreamDefaultReader<Uint8Array>;
+}
+
 /**
- * Relays a non-SSE body chunk by chunk as it arrives, keeping a copy (up to about `keepLimit`
- * bytes, so memory stays bounded) for the record's response and usage once the body has ended.
+ * Reads a plain body ahead, until it ends or passes `PLAIN_HOLD_BYTES`. A body that breaks
+ * off here is a failed attempt the router can still fall back from. A failed read throws.
+ */
+export async function readPlainHead(
+  body: ReadableStream<Uint8Array>,
+  onReading: (pending: boolean) => void,
+): Promise<PlainHead> {
+  const head: PlainHead = { chunks: [], bytes: 0, ended: false, reader: body.getReader() };
+  while (head.bytes <= PLAIN_HOLD_BYTES) {
+    onReading(true);
+    let result: ReadableStreamReadResult<Uint8Array>;
+    try {
+      result = await head.reader.read();
+    } finally {
+      onReading(false);
+    }
+    if (result.done) {
+      head.ended = true;
+      break;
+    }
+    head.chunks.push(result.value);
+    head.bytes += result.value.length;
+  }
+  return head;
+}
+
+/** What the tap takes from a plain body that has ended: the parsed answer and its usage. */
+function plainSummary(
+  dialect: Dialect,
+  kept: Uint8Array,
+  forwarded: number,
+  error: AttemptError | null,
+  message: string | null,
+): RelayEnd {
+  const text = decoder.decode(kept);
+  const parsed = tryParseJson(text);
+  return {
+    error,
+    message,
+    usage: dialect.usageOf(parsed),
+    response: parsed === undefined ? text : parsed,
+    streamEvents: null,
+    streamComplete: null,
+    bytesForwarded: forwarded,
+    malformedEvents: null,
+  };
+}
+
+/**
+ * The client's body for a plain answer. A body read whole goes out as bytes (Deno then writes
+ * it with its length, no stream machinery). A longer one is relayed chunk by chunk as it arrives, keeping a
+ * copy (up to about `keepLimit` bytes, so memory stays bounded) for the record.
  */
 export function relayPlainBody(
-  body: ReadableStream<Uint8Array>,
+  head: PlainHead,
   dialect: Dialect,
   hooks: RelayHooks,
   keepLimit: number,
-): ReadableStream<Uint8Array> {
-  const reader = body.getReader();
-  const kept: Uint8Array[] = [];
+): Uint8Array<ArrayBuffer> | ReadableStream<Uint8Array> {
+  if (head.ended) {
+    const bytes = concatBytes(head.chunks);
+    hooks.onFirstByte();
+    hooks.onEnd(plainSummary(dialect, bytes, bytes.length, null, null));
+    return bytes;
+  }
+  const { reader } = head;
+  // Enqueuing hands a buffer over, so the tap keeps copies.
+  const kept = head.chunks.map((chunk) => chunk.slice());
   let forwarded = 0;
-  const summary = (error: AttemptError | null, message: string | null): RelayEnd => {
-    const text = decoder.decode(concatBytes(kept));
-    const parsed = tryParseJson(text);
-    return {
-      error,
-      message,
-      usage: dialect.usageOf(parsed),
-      response: parsed === undefined ? text : parsed,
-      streamEvents: null,
-      streamComplete: null,
-      bytesForwarded: forwarded,
-      malformedEvents: null,
-    };
-  };
+  let held: Uint8Array[] | null = head.chunks;
+  const summary = (error: AttemptError | null, message: string | null) =>
+    plainSummary(dialect, concatBytes(kept), forwarded, error, message);
   return new ReadableStream({
     type: "bytes",
     async pull(controller) {
+      if (held !== null) {
+        for (const chunk of held) enqueueOwned(controller, chunk);
+        forwarded += head.bytes;
+        held = null;
+        hooks.onFirstByte();
+        return;
+      }
       let result: ReadableStreamReadResult<Uint8Array>;
       hooks.onReading(true);
       try {
@@ -313,12 +377,10 @@ export function relayPlainBody(
         hooks.onEnd(summary(null, null));
         return;
       }
-      // Enqueuing hands the buffer over, so the tap keeps a copy.
       const chunk = result.value;
       if (forwarded < keepLimit) kept.push(chunk.slice());
       forwarded += chunk.length;
       enqueueOwned(controller, chunk);
-      hooks.onFirstByte();
     },
     async cancel() {
       hooks.onEnd(summary("client_aborted", "Client closed the connection"));
@@ -327,8 +389,10 @@ export function relayPlainBody(
   });
 }
 
-function concatBytes(parts: Uint8Array[]): Uint8Array {
-  if (parts.length === 1) return parts[0];
+function concatBytes(parts: Uint8Array[]): Uint8Array<ArrayBuffer> {
+  if (parts.length === 1 && parts[0].buffer instanceof ArrayBuffer) {
+    return parts[0] as Uint8Array<ArrayBuffer>;
+  }
   const out = new Uint8Array(parts.reduce((sum, part) => sum + part.length, 0));
   let at = 0;
   for (const part of parts) {

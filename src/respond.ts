@@ -1,8 +1,15 @@
 import { type Attempt, type AttemptError, fallsBack } from "./attempt.ts";
+import type { UpstreamResponse } from "./http_client.ts";
 import type { Candidate } from "./plan.ts";
 import type { Dialect } from "./providers/mod.ts";
 import type { Trace } from "./record.ts";
-import { type RelayEnd, type RelayHooks, relayPlainBody, type SseRelay } from "./relay.ts";
+import {
+  type PlainHead,
+  type RelayEnd,
+  type RelayHooks,
+  relayPlainBody,
+  SseRelay,
+} from "./relay.ts";
 import { type AttemptSignal, clientResponseHeaders } from "./upstream.ts";
 
 /**
@@ -74,8 +81,8 @@ export interface CommitContext {
  */
 export function commitResponse(
   context: CommitContext,
-  upstream: Response,
-  relay: SseRelay | null,
+  upstream: UpstreamResponse,
+  body: SseRelay | PlainHead | null,
 ): Response {
   const { trace, candidate, signal } = context;
   const record = trace.record;
@@ -96,7 +103,8 @@ export function commitResponse(
     onReading: (pending) => signal.reading(pending),
     failureKind: () => signal.failureKind("stream_interrupted"),
     onEnd: (end: RelayEnd) => {
-      signal.abandon();
+      if (end.error === null) signal.finish();
+      else signal.abandon();
       context.close(end.error ?? (httpError ? "http_status" : null));
       if (!httpError) context.onOutcome(end.error);
       record.usage = end.usage;
@@ -109,7 +117,7 @@ export function commitResponse(
       trace.finish();
     },
   };
-  if (upstream.body === null) {
+  if (body === null) {
     trace.markFirstByte();
     hooks.onEnd({
       error: null,
@@ -123,10 +131,14 @@ export function commitResponse(
     });
     return new Response(null, { status: upstream.status, headers });
   }
-  const body = relay === null
-    ? relayPlainBody(upstream.body, context.dialect, hooks, context.keepBytes)
-    : relay.clientStream(hooks);
-  return new Response(body, { status: upstream.status, statusText: upstream.statusText, headers });
+  const clientBody = body instanceof SseRelay
+    ? body.clientStream(hooks)
+    : relayPlainBody(body, context.dialect, hooks, context.keepBytes);
+  return new Response(clientBody, {
+    status: upstream.status,
+    statusText: upstream.statusText,
+    headers,
+  });
 }
 
 /** The record's `error` for a committed answer: what went wrong, or what looked wrong. */

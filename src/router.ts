@@ -5,8 +5,9 @@ import { type ProviderHealth, RETRY_AFTER_STATUSES, retryAfterMs } from "./healt
 import { type Candidate, planCandidates } from "./plan.ts";
 import type { Dialect, UsageInjection } from "./providers/mod.ts";
 import type { Trace } from "./record.ts";
-import { SseRelay } from "./relay.ts";
+import { type PlainHead, readPlainHead, SseRelay } from "./relay.ts";
 import { allFailed, clientGone, commitResponse, reject } from "./respond.ts";
+import type { UpstreamClient, UpstreamResponse } from "./http_client.ts";
 import { AttemptSignal, type InFlight, upstreamRequestHeaders } from "./upstream.ts";
 
 /** What the router needs of one validated client request. */
@@ -29,7 +30,7 @@ export interface ForwardRequest {
 
 /** Shared state and effects, injected so tests can drive clocks and count upstream calls. */
 export interface RouterDeps {
-  fetch: typeof fetch;
+  upstream: UpstreamClient;
   /** Monotonic milliseconds, for durations and deadlines. */
   now: () => number;
   health: ProviderHealth;
@@ -54,7 +55,7 @@ interface Failure {
   retryAfterUntil: number | null;
   status: number | null;
   /** An answer with a fallback status, kept unread in case it is the one the client gets. */
-  kept: { upstream: Response; signal: AttemptSignal } | null;
+  kept: { upstream: UpstreamResponse; signal: AttemptSignal } | null;
 }
 
 /** Lets go of a kept answer that the client will not get after all. */
@@ -137,6 +138,15 @@ export async function forward(
     // The last answer, a fallback status with nothing left to try, goes out unchanged.
     const { upstream, signal } = failure.kept;
     signal.commit();
+    let head: PlainHead | null = null;
+    if (upstream.body !== null) {
+      try {
+        head = await readPlainHead(upstream.body, (pending) => signal.reading(pending));
+      } catch {
+        signal.abandon();
+        return request.signal.aborted ? clientGone(trace) : allFailed(request);
+      }
+    }
     return commitResponse(
       {
         dialect,
@@ -148,7 +158,7 @@ export async function forward(
         keepBytes: keepBytes(config),
       },
       upstream,
-      null,
+      head,
     );
   }
   return allFailed(request);
@@ -253,11 +263,11 @@ async function attempt(
     firstByteMs: provider.timeouts.first_byte_ms,
     idleMs: provider.timeouts.idle_ms,
     deadline: request.arrived + provider.timeouts.total_ms,
-  }, { now: deps.now, registry: deps.inFlight });
-  let upstream: Response;
+  }, deps.inFlight);
+  let upstream: UpstreamResponse;
   try {
-    upstream = await deps.fetch(provider.base_url + request.upstreamPath + request.search, {
-      method: "POST",
+    upstream = await deps.upstream({
+      url: provider.base_url + request.upstreamPath + request.search,
       headers: upstreamRequestHeaders(request.headers, request.dialect, provider.api_key),
       body,
       signal: signal.signal,
@@ -296,9 +306,20 @@ async function attempt(
     },
   };
   const isSse = (upstream.headers.get("content-type") ?? "").includes("text/event-stream");
-  if (!isSse || upstream.body === null) {
+  if (upstream.body === null) {
     signal.commit();
     return commitResponse(context, upstream, null);
+  }
+  if (!isSse) {
+    signal.commit();
+    let head: PlainHead;
+    try {
+      head = await readPlainHead(upstream.body, (pending) => signal.reading(pending));
+    } catch {
+      signal.abandon();
+      return failed(signal.failureKind("stream_interrupted"), null, null);
+    }
+    return commitResponse(context, upstream, head);
   }
   const relay = new SseRelay(upstream.body, request.dialect, {
     filter: request.usageInjection?.filter ?? null,

@@ -1,5 +1,6 @@
 import { createHandler } from "./app.ts";
 import { type Config, configSecrets } from "./config.ts";
+import { createHttpClient } from "./http_client.ts";
 import { createRecordSink, type RecordSink } from "./log.ts";
 import type { OpsLog } from "./ops.ts";
 import type { RequestRecord } from "./record.ts";
@@ -51,6 +52,7 @@ export function startServer(config: Config, options: ServerOptions): RunningServ
     },
   };
   const inFlight = new InFlight();
+  const upstream = createHttpClient();
   const server = Deno.serve({
     hostname: options.host,
     port: options.port,
@@ -58,7 +60,7 @@ export function startServer(config: Config, options: ServerOptions): RunningServ
       const host = hostname.includes(":") ? `[${hostname}]` : hostname;
       options.onListen(`http://${host}:${port}`);
     },
-  }, createHandler(() => current, { sink, inFlight }));
+  }, createHandler(() => current, { sink, inFlight, upstream }));
   return {
     port: server.addr.port,
     reload(next) {
@@ -72,6 +74,7 @@ export function startServer(config: Config, options: ServerOptions): RunningServ
       }, current.shutdown.grace_ms);
       await server.shutdown();
       clearTimeout(grace);
+      upstream.close();
       await sink.close();
     },
   };

@@ -81,13 +81,21 @@ export interface AttemptLimits {
 type TimeoutName = "first_byte" | "idle" | "total";
 
 /**
- * The attempts in flight, so that shutdown can abort those still running after its grace
- * period. A registry rather than one more signal in every attempt's `AbortSignal.any`: a
- * long-lived source signal keeps a reference to each dependent it ever had.
+ * The attempts in flight: shutdown aborts those still running after its grace period, and one
+ * shared timer, set for the soonest due timeout, checks their timeouts. A timer per attempt
+ * (two or three, re-armed as chunks arrive) cost more than the rest of an attempt's bookkeeping,
+ * and a long-lived signal in every attempt's `AbortSignal.any` kept a reference per attempt.
  */
 export class InFlight {
   #live = new Set<AttemptSignal>();
   #stopping = new AbortController();
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #wakeAt = Infinity;
+  readonly now: () => number;
+
+  constructor(now: () => number = () => performance.now()) {
+    this.now = now;
+  }
 
   /** Fires when the router stops waiting; waits between attempts listen to it. */
   get signal(): AbortSignal {
@@ -100,6 +108,30 @@ export class InFlight {
 
   delete(attempt: AttemptSignal): void {
     this.#live.delete(attempt);
+    if (this.#live.size === 0) this.#disarm();
+  }
+
+  /** Makes sure the timeouts are checked at `at` (on the `now()` clock) or earlier. */
+  checkBy(at: number): void {
+    if (at >= this.#wakeAt) return;
+    clearTimeout(this.#timer);
+    this.#wakeAt = at;
+    this.#timer = setTimeout(() => this.#check(), Math.max(0, at - this.now()));
+  }
+
+  #check(): void {
+    this.#timer = undefined;
+    this.#wakeAt = Infinity;
+    const now = this.now();
+    let next = Infinity;
+    for (const attempt of this.#live) next = Math.min(next, attempt.check(now));
+    if (next !== Infinity) this.checkBy(next);
+  }
+
+  #disarm(): void {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    this.#wakeAt = Infinity;
   }
 
   abortAll(): void {
@@ -109,89 +141,90 @@ export class InFlight {
 }
 
 /**
- * The abort signal of one attempt: the client's own signal combined with the attempt's
- * timeouts. The first-byte timeout runs until the commit point; the idle timeout, once the body
- * flows, fires after a gap between chunks; the total one at the request's deadline. Aborting
- * frees the upstream connection at once.
+ * The abort signal of one attempt: aborted when the client leaves or a timeout fires. The
+ * first-byte timeout runs until the commit point; the idle timeout, once the body flows, fires
+ * after a gap between chunks; the total one at the request's deadline. Aborting frees the
+ * upstream connection at once.
  */
 export class AttemptSignal {
   readonly signal: AbortSignal;
   #client: AbortSignal;
-  #timeout = new AbortController();
-  #timers: ReturnType<typeof setTimeout>[] = [];
-  #firstByte: ReturnType<typeof setTimeout> | undefined;
-  #idle: ReturnType<typeof setTimeout> | undefined;
-  #limits: AttemptLimits;
-  #now: () => number;
-  #lastActivity = 0;
+  #controller = new AbortController();
+  #onClientAbort = () => this.#controller.abort(this.#client.reason);
+  #firstByteAt: number;
+  #deadline: number;
+  #idleMs: number;
+  #readSince = 0;
   #reading = false;
   #registry: InFlight;
 
-  constructor(
-    client: AbortSignal,
-    limits: AttemptLimits,
-    options: { now: () => number; registry: InFlight },
-  ) {
+  constructor(client: AbortSignal, limits: AttemptLimits, registry: InFlight) {
     this.#client = client;
-    this.#limits = limits;
-    this.#now = options.now;
-    this.#registry = options.registry;
-    this.#firstByte = setTimeout(() => this.#fire("first_byte"), limits.firstByteMs);
-    const total = Math.max(0, limits.deadline - this.#now());
-    this.#timers.push(setTimeout(() => this.#fire("total"), total));
-    this.signal = AbortSignal.any([client, this.#timeout.signal]);
-    this.#registry.add(this);
+    this.#registry = registry;
+    this.#firstByteAt = registry.now() + limits.firstByteMs;
+    this.#deadline = limits.deadline;
+    this.#idleMs = limits.idleMs;
+    this.signal = this.#controller.signal;
+    if (client.aborted) this.#onClientAbort();
+    else client.addEventListener("abort", this.#onClientAbort, { once: true });
+    registry.add(this);
+    registry.checkBy(Math.min(this.#firstByteAt, this.#deadline));
   }
 
-  #fire(name: TimeoutName): void {
-    this.#clear();
-    if (!this.#timeout.signal.aborted) {
-      this.#timeout.abort(new DOMException(`${name} timeout`, "TimeoutError"));
+  /** Fires a timeout that is due at `now`; otherwise returns when the next one falls due. */
+  check(now: number): number {
+    const idleAt = this.#reading ? this.#readSince + this.#idleMs : Infinity;
+    const due = Math.min(this.#firstByteAt, this.#deadline, idleAt);
+    if (now < due) return due;
+    const name: TimeoutName = due === this.#firstByteAt
+      ? "first_byte"
+      : due === this.#deadline
+      ? "total"
+      : "idle";
+    this.#finish();
+    if (!this.signal.aborted) {
+      this.#controller.abort(new DOMException(`${name} timeout`, "TimeoutError"));
     }
-  }
-
-  #clear(): void {
-    clearTimeout(this.#firstByte);
-    clearTimeout(this.#idle);
-    for (const timer of this.#timers) clearTimeout(timer);
+    return Infinity;
   }
 
   /** The attempt reached its commit point: the first-byte timeout no longer applies. */
   commit(): void {
-    clearTimeout(this.#firstByte);
+    this.#firstByteAt = Infinity;
   }
 
   /**
    * The relay starts (true) or ends (false) a read from upstream. The idle timeout counts only
    * while a read is pending: a client that reads slowly holds back the reads (backpressure), and
-   * that is no fault of the provider's. The timer is re-armed lazily, not once per chunk.
+   * that is no fault of the provider's.
    */
   reading(pending: boolean): void {
     this.#reading = pending;
-    this.#lastActivity = this.#now();
-    if (pending && this.#idle === undefined) this.#armIdle(this.#limits.idleMs);
+    if (!pending) return;
+    this.#readSince = this.#registry.now();
+    this.#registry.checkBy(this.#readSince + this.#idleMs);
   }
 
-  #armIdle(ms: number): void {
-    this.#idle = setTimeout(() => {
-      this.#idle = undefined;
-      if (!this.#reading) return;
-      const quiet = this.#now() - this.#lastActivity;
-      if (quiet >= this.#limits.idleMs - 1) this.#fire("idle");
-      else this.#armIdle(this.#limits.idleMs - quiet);
-    }, ms);
-  }
-
-  /** Ends the attempt's timers and aborts whatever of it is still running. */
-  abandon(reason = "Attempt abandoned"): void {
-    this.#clear();
+  /** The attempt is over: its timeouts and its interest in the client's signal end. */
+  #finish(): void {
     this.#registry.delete(this);
-    if (!this.#timeout.signal.aborted) this.#timeout.abort(new DOMException(reason, "AbortError"));
+    this.#client.removeEventListener("abort", this.#onClientAbort);
+  }
+
+  /** Ends the attempt and aborts whatever of it is still running. */
+  abandon(reason = "Attempt abandoned"): void {
+    this.#finish();
+    if (!this.signal.aborted) this.#controller.abort(new DOMException(reason, "AbortError"));
+  }
+
+  /** Ends an attempt whose answer has been read to its end; nothing is left to abort. */
+  finish(): void {
+    this.#finish();
   }
 
   /** Which timeout ended the attempt, if one did. */
   get timedOut(): TimeoutName | null {
-    const reason = this.#timeout.signal.reason;
+    const reason = this.signal.reason;
     if (!(reason instanceof DOMException) || reason.name !== "TimeoutError") return null;
     return reason.message.split(" ")[0] as TimeoutName;
   }

@@ -1,4 +1,5 @@
 import { createHandler } from "../src/app.ts";
+import { createHttpClient } from "../src/http_client.ts";
 import { type Config, parseConfig } from "../src/config.ts";
 import type { RecordSink } from "../src/log.ts";
 import type { RequestRecord } from "../src/record.ts";
@@ -41,14 +42,18 @@ export interface RunningRouter {
 export function startRouter(config: Config | object): RunningRouter {
   const parsed = parseConfig(JSON.stringify(config), () => undefined);
   const sink = new MemorySink();
+  const upstream = createHttpClient();
   const server = Deno.serve(
     { port: 0, hostname: "127.0.0.1", onListen() {} },
-    createHandler(() => parsed, { sink }),
+    createHandler(() => parsed, { sink, upstream }),
   );
   return {
     url: `http://127.0.0.1:${server.addr.port}`,
     sink,
-    close: () => server.shutdown(),
+    async close() {
+      await server.shutdown();
+      upstream.close();
+    },
   };
 }
 

@@ -243,25 +243,50 @@ for (const api of APIS) {
   }
 }
 
-Deno.test("a non-streaming body reset mid-way errors the client's body and is logged", async () => {
+Deno.test("a non-streaming body reset mid-way is a failed attempt: the router falls back", async () => {
   const answer = answerText("openai");
   const half = answer.slice(0, 40);
+  const broken = () => ({
+    headers: { "content-type": "application/json" },
+    chunks: [half],
+    reset: true,
+  });
+  await withMocks("openai", [broken, () => json(answer)], {}, async ({ router, mocks: [, b] }) => {
+    const response = await within(post(router.url, "openai"), "the response");
+    assert.equal(response.status, 200);
+    assert.equal(response.headers.get("x-llm-router-provider"), "b");
+    assert.equal(await response.text(), answer);
+    const record = await onlyRecord(router);
+    assert.deepEqual(attemptsOf(record), [["a", 200, "stream_interrupted"], ["b", 200, null]]);
+    assert.equal(b.requests.length, 1);
+  });
+  await withMocks("openai", [broken], {}, async ({ router }) => {
+    const response = await within(post(router.url, "openai"), "the response");
+    assert.equal(response.status, 502, "nothing of the broken body reached the client");
+    assert.equal((await response.json()).error.code, "upstream_unavailable");
+    const record = await onlyRecord(router);
+    assert.deepEqual(attemptsOf(record), [["a", 200, "stream_interrupted"]]);
+  });
+});
+
+Deno.test("a non-streaming body too long to hold, reset mid-way, errors the client's body and is logged", async () => {
+  // Past 256 KiB read ahead the router commits and relays the rest as it comes.
+  const head = `{"id":"chatcmpl-long","object":"chat.completion","padding":"${"x".repeat(300_000)}`;
   await withMocks(
     "openai",
-    [() => ({
-      headers: { "content-type": "application/json" },
-      chunks: [half],
-      reset: true,
-    }), () => json(answer)],
+    [
+      () => ({ headers: { "content-type": "application/json" }, chunks: [head], reset: true }),
+      () => json(answerText("openai")),
+    ],
     {},
     async ({ router, mocks: [, b] }) => {
       const response = await within(post(router.url, "openai"), "the response");
-      assert.equal(response.status, 200, "headers were the commit point");
+      assert.equal(response.status, 200, "the held part was the commit point");
       await assert.rejects(response.text());
       const record = await onlyRecord(router);
       assert.deepEqual(attemptsOf(record), [["a", 200, "stream_interrupted"]]);
       assert.equal(record.error?.type, "stream_interrupted");
-      assert.equal(record.bytes_forwarded, half.length);
+      assert.equal(record.bytes_forwarded, head.length);
       assert.equal(b.requests.length, 0);
     },
   );
