@@ -1,4 +1,4 @@
-import { asObject, type JsonObject, tryParseJson } from "./json.ts";
+import { asObject, type JsonObject, parseBody } from "./json.ts";
 
 /** A client body that passed the router's checks. */
 export interface ClientBody {
@@ -95,7 +95,7 @@ export async function readClientBody(
     return { status: 413, message, code: "request_too_large", logged: null };
   }
   const text = decoder.decode(bytes);
-  const json = tryParseJson(text);
+  const json = parseBody(text);
   const logged = json === undefined ? text : json;
   const fields = asObject(json);
   if (json === undefined && !isJsonType(request.headers.get("content-type"))) {

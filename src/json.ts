@@ -21,3 +21,24 @@ export function tryParseJson(text: string): unknown {
 export function count(value: unknown): number {
   return typeof value === "number" && Number.isFinite(value) ? value : 0;
 }
+
+/** The compact text a parsed body came from, so the log can write it without serializing again. */
+const sourceTexts = new WeakMap<object, string>();
+
+/**
+ * Parses a body's JSON text and remembers the text for the log, when it fits on one log line
+ * as it is (no line breaks).
+ */
+export function parseBody(text: string): unknown {
+  const value = tryParseJson(text);
+  if (typeof value === "object" && value !== null && !/[\r\n]/.test(text)) {
+    sourceTexts.set(value, text);
+  }
+  return value;
+}
+
+/** The JSON text of a value parsed by `parseBody`, or a fresh serialization of it. */
+export function jsonText(value: unknown): string {
+  return (typeof value === "object" && value !== null ? sourceTexts.get(value) : undefined) ??
+    JSON.stringify(value ?? null);
+}

@@ -1,3 +1,4 @@
+import { jsonText } from "./json.ts";
 import type { RequestRecord } from "./record.ts";
 
 const encoder = new TextEncoder();
@@ -27,26 +28,26 @@ function scrubDeep(value: unknown, secrets: readonly string[]): unknown {
 }
 
 /**
- * A body for the log as JSON text: scrubbed first, so a cut can never leave most of a secret
- * behind, then cut to `cap` bytes (as a string) when larger.
+ * A body for the log as JSON text, cut to `cap` bytes (as a string) when larger. A body to be
+ * cut is scrubbed first, so a cut can never leave most of a secret behind; a whole one is
+ * scrubbed with the rest of the line.
  */
 function bodyJson(
   value: unknown,
   cap: number,
   secrets: readonly string[],
 ): { json: string; truncated: boolean; scrubbed: boolean } {
-  const raw = typeof value === "string" ? value : JSON.stringify(value ?? null);
+  const isText = typeof value === "string";
+  const raw = isText ? value : jsonText(value);
+  const whole = { json: isText ? JSON.stringify(raw) : raw, truncated: false, scrubbed: false };
+  // A UTF-8 byte is at most 3 per UTF-16 unit, so short texts need no encoding to measure.
+  if (cap === 0 || raw.length * 3 <= cap) return whole;
   const text = scrub(raw, secrets);
   const scrubbed = text !== raw;
-  const whole = () => ({
-    json: typeof value === "string" ? JSON.stringify(text) : text,
-    truncated: false,
-    scrubbed,
-  });
-  // A UTF-8 byte is at most 3 per UTF-16 unit, so short texts need no encoding to measure.
-  if (cap === 0 || text.length * 3 <= cap) return whole();
   const bytes = encoder.encode(text);
-  if (bytes.length <= cap) return whole();
+  if (bytes.length <= cap) {
+    return { json: isText ? JSON.stringify(text) : text, truncated: false, scrubbed };
+  }
   const cut = decoder.decode(bytes.subarray(0, cap)).replace(/\uFFFD$/, "");
   return { json: JSON.stringify(cut), truncated: true, scrubbed };
 }

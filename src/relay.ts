@@ -1,5 +1,5 @@
 import type { AttemptError } from "./attempt.ts";
-import { asObject, type JsonObject, tryParseJson } from "./json.ts";
+import { asObject, type JsonObject, parseBody, tryParseJson } from "./json.ts";
 import type { Dialect, EventFilter, EventRole, StreamAssembler } from "./providers/mod.ts";
 import { type Framed, SseEventReader, SseFramer } from "./sse.ts";
 
@@ -314,7 +314,7 @@ function plainSummary(
   message: string | null,
 ): RelayEnd {
   const text = decoder.decode(kept);
-  const parsed = tryParseJson(text);
+  const parsed = parseBody(text);
   return {
     error,
     message,

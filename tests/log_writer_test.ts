@@ -887,3 +887,32 @@ Deno.test("no provider or client secret reaches the log directory on any error p
   await mock.close();
   await Deno.remove(dir, { recursive: true });
 });
+
+Deno.test("router logs compact bodies as the exact text sent, and pretty ones on one line", async () => {
+  // 1.0 and the key order survive only if the log writes the text the client and provider sent.
+  const answer = '{"id":"chatcmpl-x","object":"chat.completion","model":"gpt-test",' +
+    '"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1.0,"total_tokens":4}}';
+  const mock = startMockUpstream(() => ({
+    headers: { "content-type": "application/json" },
+    body: answer,
+  }));
+  const compact =
+    '{"temperature":1.0,"model":"gpt-test","messages":[{"role":"user","content":"hi"}]}';
+  const pretty = JSON.stringify(JSON.parse(compact), null, 2);
+  const dir = await Deno.makeTempDir();
+  const router = startLogged({ providers: [provider("only", "openai", mock.url)] }, dir);
+  const first = await post(`${router.url}${OPENAI}`, compact);
+  const second = await post(`${router.url}${OPENAI}`, pretty);
+  await router.stop();
+  await mock.close();
+  const lines = (await readLogFiles(dir)).get("requests.jsonl") ?? [];
+  await Deno.remove(dir, { recursive: true });
+  assert.equal(lines.length, 2, "one line per request");
+  const [compactLine, prettyLine] = [first.id, second.id].map((id) =>
+    lines.find((line) => line.includes(id))!
+  );
+  assert.ok(compactLine.includes(`"request":${compact},`), compactLine);
+  assert.ok(compactLine.includes(`"response":${answer},`), compactLine);
+  assert.deepEqual(JSON.parse(prettyLine).request, JSON.parse(compact));
+  assert.equal((JSON.parse(compactLine) as RequestRecord).usage?.total_tokens, 4);
+});
