@@ -116,7 +116,7 @@ export function createHandler(
       body = await readClientBody(request, {
         maxBytes: current.limits.max_request_bytes,
         deadlineMs: current.timeouts.first_byte_ms,
-      });
+      }, routerDeps.inFlight);
     } catch (error) {
       if (request.signal.aborted) return clientGone(trace);
       return reject(context, 400, `Could not read the request body: ${error}`, "invalid_body");

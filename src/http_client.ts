@@ -4,7 +4,8 @@ import https from "node:https";
 /** One request to a provider: the body is known in full, the signal ends it at any point. */
 export interface UpstreamRequest {
   url: string;
-  headers: Headers;
+  /** Lower-case names; the client adds the body's length. */
+  headers: Record<string, string>;
   body: Uint8Array;
   signal: AbortSignal;
 }
@@ -50,8 +51,7 @@ export function createHttpClient(): UpstreamClient & { close(): void } {
         reject(signal.reason);
         return;
       }
-      const headers: Record<string, string> = {};
-      for (const [name, value] of request.headers) headers[name] = value;
+      const headers = request.headers;
       headers["content-length"] = String(request.body.byteLength);
       // Compression would only cost CPU on both ends of what is mostly a short JSON answer.
       headers["accept-encoding"] = "identity";

@@ -1,4 +1,5 @@
 import { asObject, type JsonObject, parseBody } from "./json.ts";
+import type { Deadline, InFlight } from "./upstream.ts";
 
 /** A client body that passed the router's checks. */
 export interface ClientBody {
@@ -29,6 +30,7 @@ async function readLimited(
   request: Request,
   limit: number,
   deadlineMs: number,
+  deadlines: InFlight,
 ): Promise<Uint8Array<ArrayBuffer> | null | typeof TIMED_OUT> {
   const declared = Number(request.headers.get("content-length") ?? NaN);
   if (declared > limit) return null;
@@ -37,10 +39,19 @@ async function readLimited(
   let size = 0;
   const reader = request.body.getReader();
   let timedOut = false;
-  const timer = setTimeout(() => {
-    timedOut = true;
-    reader.cancel().catch(() => {});
-  }, deadlineMs);
+  const due = deadlines.now() + deadlineMs;
+  const deadline: Deadline = {
+    check(now) {
+      if (now < due) return due;
+      this.abandon("");
+      return Infinity;
+    },
+    abandon() {
+      timedOut = true;
+      reader.cancel().catch(() => {});
+    },
+  };
+  deadlines.add(deadline, due);
   try {
     for (;;) {
       const { done, value } = await reader.read();
@@ -57,7 +68,7 @@ async function readLimited(
     if (timedOut) return TIMED_OUT;
     throw error;
   } finally {
-    clearTimeout(timer);
+    deadlines.delete(deadline);
   }
   const bytes = new Uint8Array(size);
   let at = 0;
@@ -83,9 +94,10 @@ function isJsonType(contentType: string | null): boolean {
 export async function readClientBody(
   request: Request,
   limits: { maxBytes: number; deadlineMs: number },
+  deadlines: InFlight,
 ): Promise<ClientBody | Refusal> {
   const { maxBytes, deadlineMs } = limits;
-  const bytes = await readLimited(request, maxBytes, deadlineMs);
+  const bytes = await readLimited(request, maxBytes, deadlineMs, deadlines);
   if (bytes === TIMED_OUT) {
     const message = `Request body did not arrive within ${deadlineMs} ms`;
     return { status: 408, message, code: "request_timeout", logged: null };

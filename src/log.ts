@@ -13,6 +13,11 @@ export interface RecordSink {
 
 const encoder = new TextEncoder();
 const RETRY_MS = 1000;
+/**
+ * How long records gather before a batch is written: one timer and one write per batch rather
+ * than per request, which at low load would cost each request more than its own record.
+ */
+const FLUSH_MS = 20;
 
 /** Where batches of lines end up. */
 interface LineTarget {
@@ -30,8 +35,8 @@ export interface SinkReports {
 
 /**
  * Records queue in memory and one writer drains them in batches, so no response ever waits for
- * the disk. The drain starts on a later turn of the event loop, so serialization happens there
- * too, off the response path. A failed batch stays queued and is retried; the failure is
+ * the disk. The drain starts a little later (`FLUSH_MS`), so serialization happens then too,
+ * off the response path. A failed batch stays queued and is retried; the failure is
  * reported once, and its end once more.
  */
 class QueuedLineWriter implements RecordSink {
@@ -52,7 +57,7 @@ class QueuedLineWriter implements RecordSink {
   write(record: RequestRecord, secrets: readonly string[] = []): void {
     this.#queue.push({ record, secrets });
     this.#closed = false;
-    this.#schedule(0);
+    this.#schedule(FLUSH_MS);
   }
 
   #schedule(ms: number): void {

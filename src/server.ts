@@ -74,6 +74,7 @@ export function startServer(config: Config, options: ServerOptions): RunningServ
       }, current.shutdown.grace_ms);
       await server.shutdown();
       clearTimeout(grace);
+      inFlight.close();
       upstream.close();
       await sink.close();
     },

@@ -35,30 +35,29 @@ const RESPONSE_DROPPED = new Set([
   "set-cookie",
 ]);
 
-function copyHeaders(
-  from: Headers,
-  dropped: ReadonlySet<string>,
-  droppedPrefix?: string,
-): Headers {
-  const named = (from.get("connection") ?? "").toLowerCase().split(",").map((name) => name.trim());
-  const out = new Headers();
-  for (const [name, value] of from) {
-    if (dropped.has(name) || named.includes(name)) continue;
-    if (droppedPrefix !== undefined && name.startsWith(droppedPrefix)) continue;
-    out.append(name, value);
-  }
-  return out;
+/** Header names a `Connection` header lists: they too describe only that connection. */
+function connectionScoped(headers: Headers): string[] {
+  const connection = headers.get("connection");
+  return connection === null ? [] : connection.toLowerCase().split(",").map((name) => name.trim());
 }
 
-/** The client's end-to-end headers, with the provider's credentials in place of the client's. */
+/**
+ * The client's end-to-end headers, with the provider's credentials in place of the client's, as
+ * the plain record the upstream client sends.
+ */
 export function upstreamRequestHeaders(
   client: Headers,
   dialect: Dialect,
   apiKey: string | undefined,
-): Headers {
-  const headers = copyHeaders(client, REQUEST_DROPPED);
+): Record<string, string> {
+  const named = connectionScoped(client);
+  // No prototype: a client's header may be called `__proto__`.
+  const headers: Record<string, string> = Object.create(null);
+  for (const [name, value] of client) {
+    if (!REQUEST_DROPPED.has(name) && !named.includes(name)) headers[name] = value;
+  }
   // The body is known to be JSON: say so, whatever (or nothing) the client's header said.
-  headers.set("content-type", "application/json");
+  headers["content-type"] = "application/json";
   dialect.prepareHeaders(headers, apiKey);
   return headers;
 }
@@ -68,7 +67,14 @@ export function upstreamRequestHeaders(
  * provider's CORS headers are dropped too: cross-origin access is the router's to grant.
  */
 export function clientResponseHeaders(upstream: Headers): Headers {
-  return copyHeaders(upstream, RESPONSE_DROPPED, "access-control-");
+  const named = connectionScoped(upstream);
+  const out = new Headers();
+  for (const [name, value] of upstream) {
+    if (RESPONSE_DROPPED.has(name) || named.includes(name)) continue;
+    if (name.startsWith("access-control-")) continue;
+    out.append(name, value);
+  }
+  return out;
 }
 
 /** How long one attempt may take; `deadline` is on the `now()` clock. */
@@ -80,14 +86,24 @@ export interface AttemptLimits {
 
 type TimeoutName = "first_byte" | "idle" | "total";
 
+/** Something in flight with a time limit: an attempt, or a client body still arriving. */
+export interface Deadline {
+  /** Acts on a limit that is due at `now`; otherwise returns when the next one falls due. */
+  check(now: number): number;
+  /** Ends it at once, as shutdown does after its grace period. */
+  abandon(reason: string): void;
+}
+
 /**
- * The attempts in flight: shutdown aborts those still running after its grace period, and one
- * shared timer, set for the soonest due timeout, checks their timeouts. A timer per attempt
- * (two or three, re-armed as chunks arrive) cost more than the rest of an attempt's bookkeeping,
- * and a long-lived signal in every attempt's `AbortSignal.any` kept a reference per attempt.
+ * What is in flight with a time limit: shutdown abandons what is still running after its grace
+ * period, and one shared timer, set for the soonest due limit, checks them all. A timer per
+ * attempt (two or three, re-armed as chunks arrive) cost more than the rest of an attempt's
+ * bookkeeping, and a long-lived signal in every attempt's `AbortSignal.any` kept a reference
+ * per attempt. The timer is left to run out rather than cleared when nothing is in flight, so
+ * one request after another does not set and clear one each.
  */
 export class InFlight {
-  #live = new Set<AttemptSignal>();
+  #live = new Set<Deadline>();
   #stopping = new AbortController();
   #timer: ReturnType<typeof setTimeout> | undefined;
   #wakeAt = Infinity;
@@ -102,21 +118,24 @@ export class InFlight {
     return this.#stopping.signal;
   }
 
-  add(attempt: AttemptSignal): void {
-    this.#live.add(attempt);
+  /** Tracks `entry` until `delete`, checking it by `dueAt` at the latest. */
+  add(entry: Deadline, dueAt: number): void {
+    this.#live.add(entry);
+    this.checkBy(dueAt);
   }
 
-  delete(attempt: AttemptSignal): void {
-    this.#live.delete(attempt);
-    if (this.#live.size === 0) this.#disarm();
+  delete(entry: Deadline): void {
+    this.#live.delete(entry);
   }
 
-  /** Makes sure the timeouts are checked at `at` (on the `now()` clock) or earlier. */
+  /** Makes sure the limits are checked at `at` (on the `now()` clock) or earlier. */
   checkBy(at: number): void {
     if (at >= this.#wakeAt) return;
     clearTimeout(this.#timer);
     this.#wakeAt = at;
     this.#timer = setTimeout(() => this.#check(), Math.max(0, at - this.now()));
+    // A timer left to run out must not keep a finished process alive.
+    Deno.unrefTimer(this.#timer);
   }
 
   #check(): void {
@@ -124,19 +143,20 @@ export class InFlight {
     this.#wakeAt = Infinity;
     const now = this.now();
     let next = Infinity;
-    for (const attempt of this.#live) next = Math.min(next, attempt.check(now));
+    for (const entry of this.#live) next = Math.min(next, entry.check(now));
     if (next !== Infinity) this.checkBy(next);
-  }
-
-  #disarm(): void {
-    clearTimeout(this.#timer);
-    this.#timer = undefined;
-    this.#wakeAt = Infinity;
   }
 
   abortAll(): void {
     this.#stopping.abort(new DOMException("Router is shutting down", "AbortError"));
-    for (const attempt of this.#live) attempt.abandon("Router is shutting down");
+    for (const entry of this.#live) entry.abandon("Router is shutting down");
+  }
+
+  /** Stops the timer, once the server has stopped. */
+  close(): void {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    this.#wakeAt = Infinity;
   }
 }
 
@@ -146,7 +166,7 @@ export class InFlight {
  * after a gap between chunks; the total one at the request's deadline. Aborting frees the
  * upstream connection at once.
  */
-export class AttemptSignal {
+export class AttemptSignal implements Deadline {
   readonly signal: AbortSignal;
   #client: AbortSignal;
   #controller = new AbortController();
@@ -167,8 +187,7 @@ export class AttemptSignal {
     this.signal = this.#controller.signal;
     if (client.aborted) this.#onClientAbort();
     else client.addEventListener("abort", this.#onClientAbort, { once: true });
-    registry.add(this);
-    registry.checkBy(Math.min(this.#firstByteAt, this.#deadline));
+    registry.add(this, Math.min(this.#firstByteAt, this.#deadline));
   }
 
   /** Fires a timeout that is due at `now`; otherwise returns when the next one falls due. */

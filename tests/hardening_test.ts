@@ -219,3 +219,28 @@ Deno.test("an SSE event that never ends is refused instead of buffered", () => {
     for (let i = 0; i < 20; i++) framer.push(piece);
   }, /grew past/);
 });
+
+Deno.test("client headers named like Object prototype members are forwarded as plain headers", async () => {
+  const mock = startMockUpstream();
+  const router = startRouter({ providers: [provider("p", "anthropic", mock.url)] });
+  const response = await fetch(`${router.url}/anthropic/v1/messages`, {
+    method: "POST",
+    // Pairs, since `"__proto__": value` in an object literal sets no property.
+    headers: [
+      ["content-type", "application/json"],
+      ["__proto__", "not-a-prototype"],
+      ["constructor", "c"],
+      ["anthropic-version", "2023-01-01"],
+    ],
+    body: JSON.stringify({ model: "claude-x", max_tokens: 5, messages: [] }),
+  });
+  assert.equal(response.status, 200);
+  await response.body?.cancel();
+  const [sent] = mock.requests;
+  assert.equal(sent.headers.get("__proto__"), "not-a-prototype");
+  assert.equal(sent.headers.get("constructor"), "c");
+  assert.equal(sent.headers.get("anthropic-version"), "2023-01-01", "the client's version is kept");
+  assert.equal(sent.headers.get("x-api-key"), "sk-p-secret");
+  await router.close();
+  await mock.close();
+});

@@ -1,5 +1,6 @@
 import { createHandler } from "../src/app.ts";
 import { createHttpClient } from "../src/http_client.ts";
+import { InFlight } from "../src/upstream.ts";
 import { type Config, parseConfig } from "../src/config.ts";
 import type { RecordSink } from "../src/log.ts";
 import type { RequestRecord } from "../src/record.ts";
@@ -43,15 +44,17 @@ export function startRouter(config: Config | object): RunningRouter {
   const parsed = parseConfig(JSON.stringify(config), () => undefined);
   const sink = new MemorySink();
   const upstream = createHttpClient();
+  const inFlight = new InFlight();
   const server = Deno.serve(
     { port: 0, hostname: "127.0.0.1", onListen() {} },
-    createHandler(() => parsed, { sink, upstream }),
+    createHandler(() => parsed, { sink, upstream, inFlight }),
   );
   return {
     url: `http://127.0.0.1:${server.addr.port}`,
     sink,
     async close() {
       await server.shutdown();
+      inFlight.close();
       upstream.close();
     },
   };

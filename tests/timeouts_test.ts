@@ -286,7 +286,8 @@ Deno.test("a non-streaming body too long to hold, reset mid-way, errors the clie
       const record = await onlyRecord(router);
       assert.deepEqual(attemptsOf(record), [["a", 200, "stream_interrupted"]]);
       assert.equal(record.error?.type, "stream_interrupted");
-      assert.equal(record.bytes_forwarded, head.length);
+      // A reset may discard what the socket had not yet handed over.
+      assert.ok(record.bytes_forwarded > 256 * 1024 && record.bytes_forwarded <= head.length);
       assert.equal(b.requests.length, 0);
     },
   );

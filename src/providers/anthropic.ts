@@ -126,8 +126,8 @@ const ERROR_TYPES: Record<number, string> = {
 export const anthropic: Dialect = {
   type: "anthropic",
   prepareHeaders(headers, apiKey) {
-    if (apiKey !== undefined) headers.set("x-api-key", apiKey);
-    if (!headers.has("anthropic-version")) headers.set("anthropic-version", "2023-06-01");
+    if (apiKey !== undefined) headers["x-api-key"] = apiKey;
+    headers["anthropic-version"] ??= "2023-06-01";
   },
   errorBody(status, message) {
     const type = ERROR_TYPES[status] ?? (status >= 500 ? "api_error" : "invalid_request_error");

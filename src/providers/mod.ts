@@ -31,7 +31,7 @@ export interface StreamAssembler {
 export interface Dialect {
   readonly type: ApiType;
   /** Sets what a forwarded request needs: the provider's key (never the client's), defaults. */
-  prepareHeaders(headers: Headers, apiKey: string | undefined): void;
+  prepareHeaders(headers: Record<string, string>, apiKey: string | undefined): void;
   /** The router's own error body for `status`, in the format this API's clients parse. */
   errorBody(status: number, message: string, code: string): JsonObject;
   /** One SSE event that ends a committed stream with an error the official clients raise. */

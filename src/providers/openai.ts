@@ -130,7 +130,7 @@ class ChatStreamAssembler implements StreamAssembler {
 export const openai: Dialect = {
   type: "openai",
   prepareHeaders(headers, apiKey) {
-    if (apiKey !== undefined) headers.set("authorization", `Bearer ${apiKey}`);
+    if (apiKey !== undefined) headers.authorization = `Bearer ${apiKey}`;
   },
   errorBody(status, message, code) {
     const type = status >= 500 ? "upstream_error" : "invalid_request_error";
