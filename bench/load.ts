@@ -135,18 +135,28 @@ export async function openLoop(
 }
 
 /** Time to the first body byte of a stream, one request at a time; the median of `n`. */
-export async function firstByte(request: LoadRequest, n: number): Promise<number | null> {
-  const times: number[] = [];
-  for (let i = 0; i < n; i++) {
-    const sent = performance.now();
-    const response = await post(request);
-    const reader = response.body!.getReader();
-    await reader.read();
-    times.push(performance.now() - sent);
-    while (!(await reader.read()).done);
+/**
+ * Median time to the first body byte at concurrency 1, for each of `requests`. The targets take
+ * turns request by request, so a drift in the machine's speed reaches all of them alike; the
+ * first `warmUp` rounds are not counted.
+ */
+export async function firstByte(
+  requests: LoadRequest[],
+  n: number,
+  warmUp = 20,
+): Promise<(number | null)[]> {
+  const times = requests.map(() => [] as number[]);
+  for (let round = 0; round < warmUp + n; round++) {
+    for (const [i, request] of requests.entries()) {
+      const sent = performance.now();
+      const response = await post(request);
+      const reader = response.body!.getReader();
+      await reader.read();
+      if (round >= warmUp) times[i].push(performance.now() - sent);
+      while (!(await reader.read()).done);
+    }
   }
-  times.sort((a, b) => a - b);
-  return percentile(times, 0.5);
+  return times.map((list) => percentile(list.sort((a, b) => a - b), 0.5));
 }
 
 /** `n` streams at once, each read to its end; how many completed. */

@@ -201,11 +201,13 @@ const d = await sideBySide(
   chatUrl,
 );
 rows.push({ scenario: "d", metric: "54-event streams req/s, c=64", ...d, target: ">= 0.8x bare" });
-const ttfb = await sideBySide(
-  targets,
-  (url) => firstByte(req(url, chat(true)), quick ? 50 : 200),
-  chatUrl,
+const [ttfbDirect, ttfbBare, ttfbRouter] = await firstByte(
+  [chatUrl(fast, true), chatUrl(bareFast, false), chatUrl(routerFast, false)].map((url) =>
+    req(url, chat(true))
+  ),
+  quick ? 100 : 500,
 );
+const ttfb = { direct: ttfbDirect, bare: ttfbBare, router: ttfbRouter };
 rows.push({
   scenario: "d",
   metric: "stream first byte ms, c=1",
