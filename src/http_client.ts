@@ -1,5 +1,4 @@
 import http from "node:http";
-import https from "node:https";
 
 /** One request to a provider: the body is known in full, the signal ends it at any point. */
 export interface UpstreamRequest {
@@ -27,25 +26,52 @@ const READ_AHEAD_BYTES = 64 * 1024;
 const NO_BODY_STATUSES = new Set([204, 205, 304]);
 
 /**
- * The upstream client: `node:http`/`node:https` with keep-alive agents, one pooled set of
- * connections per origin. Chosen over `fetch` for speed: in the benchmark, relaying a streamed
- * answer chunk by chunk costs far less CPU per chunk through it than through fetch's body.
- * It asks for uncompressed answers and, like fetch, undoes an encoding a provider applies anyway,
- * so the router always sees and forwards plain bytes.
+ * The upstream client. Plain-http providers (local model servers, sidecars, gateways on the same
+ * network) go through `node:http` with a keep-alive pool per origin: relaying a streamed answer
+ * through it costs far less CPU per chunk than through `fetch`'s body. https providers go through
+ * `fetch`: Deno's `node:https` needs `--allow-sys` (to read root certificates), which the router's
+ * permissions leave out. Both hand the router plain bytes: `fetch` undoes a content encoding
+ * itself, and the http client asks for none and undoes one a provider applies anyway.
+ * `caCerts` adds trusted roots for https providers (a private CA).
  */
-export function createHttpClient(): UpstreamClient & { close(): void } {
-  const agents = {
-    http: new http.Agent({ keepAlive: true }),
-    https: new https.Agent({ keepAlive: true }),
-  };
+export function createHttpClient(
+  options: { caCerts?: string[] } = {},
+): UpstreamClient & { close(): void } {
+  const plain = nodeHttpClient();
+  const tls = options.caCerts === undefined
+    ? undefined
+    : Deno.createHttpClient({ caCerts: options.caCerts });
+  return Object.assign(
+    (request: UpstreamRequest) =>
+      request.url.startsWith("http:") ? plain(request) : fetchUpstream(request, tls),
+    {
+      close() {
+        plain.close();
+        tls?.close();
+      },
+    },
+  );
+}
+
+async function fetchUpstream(
+  request: UpstreamRequest,
+  client: Deno.HttpClient | undefined,
+): Promise<UpstreamResponse> {
+  const response = await fetch(request.url, {
+    method: "POST",
+    headers: request.headers,
+    body: request.body as Uint8Array<ArrayBuffer>,
+    signal: request.signal,
+    client,
+  });
+  const { status, statusText, headers, body } = response;
+  return { status, statusText, headers, body };
+}
+
+function nodeHttpClient(): UpstreamClient & { close(): void } {
+  const agent = new http.Agent({ keepAlive: true });
   const send = (request: UpstreamRequest, retried: boolean): Promise<UpstreamResponse> =>
     new Promise<UpstreamResponse>((resolve, reject) => {
-      const url = new URL(request.url);
-      const secure = url.protocol === "https:";
-      if (!secure && url.protocol !== "http:") {
-        reject(new TypeError(`Unsupported protocol ${url.protocol}`));
-        return;
-      }
       const { signal } = request;
       if (signal.aborted) {
         reject(signal.reason);
@@ -55,8 +81,7 @@ export function createHttpClient(): UpstreamClient & { close(): void } {
       headers["content-length"] = String(request.body.byteLength);
       // Compression would only cost CPU on both ends of what is mostly a short JSON answer.
       headers["accept-encoding"] = "identity";
-      const options = { method: "POST", headers, agent: secure ? agents.https : agents.http };
-      const outgoing = (secure ? https : http).request(url, options);
+      const outgoing = http.request(request.url, { method: "POST", headers, agent });
       let body: BodyFeed | null = null;
       // Destroyed without an error: node would re-emit one on a socket nobody listens to.
       const onAbort = () => {
@@ -93,10 +118,7 @@ export function createHttpClient(): UpstreamClient & { close(): void } {
       return send(request, true);
     });
   return Object.assign((request: UpstreamRequest) => send(request, false), {
-    close() {
-      agents.http.destroy();
-      agents.https.destroy();
-    },
+    close: () => agent.destroy(),
   });
 }
 

@@ -39,11 +39,17 @@ export interface RunningRouter {
   close(): Promise<void>;
 }
 
-/** Starts the router behind a real socket on port 0 with `config` (an object or a Config). */
-export function startRouter(config: Config | object): RunningRouter {
+/**
+ * Starts the router behind a real socket on port 0 with `config` (an object or a Config);
+ * `caCerts` are roots its https client trusts besides the usual ones.
+ */
+export function startRouter(
+  config: Config | object,
+  options: { caCerts?: string[] } = {},
+): RunningRouter {
   const parsed = parseConfig(JSON.stringify(config), () => undefined);
   const sink = new MemorySink();
-  const upstream = createHttpClient();
+  const upstream = createHttpClient(options);
   const inFlight = new InFlight();
   const server = Deno.serve(
     { port: 0, hostname: "127.0.0.1", onListen() {} },

@@ -284,3 +284,51 @@ Deno.test("binding --host 0.0.0.0 with auth.api_keys, or loopback without, print
   assert.doesNotMatch(await startAndStop("0.0.0.0", withKeys), WARNING);
   assert.doesNotMatch(await startAndStop("127.0.0.1", PLAIN), WARNING);
 });
+
+Deno.test("under exactly the start task's flags the router reaches an https provider", async () => {
+  // https needs no permission beyond --allow-net (Deno's node:https would want --allow-sys).
+  const tls = new URL("./fixtures/tls/", import.meta.url);
+  const server = Deno.serve({
+    hostname: "127.0.0.1",
+    port: 0,
+    cert: await Deno.readTextFile(new URL("cert.pem", tls)),
+    key: await Deno.readTextFile(new URL("key.pem", tls)),
+    onListen() {},
+  }, async (request) => {
+    await request.body?.cancel();
+    return Response.json({ id: "chatcmpl-tls", object: "chat.completion", choices: [] });
+  });
+  const config = {
+    providers: [{
+      name: "secure",
+      type: "openai",
+      api_key: "sk-tls-test-key",
+      base_url: `https://127.0.0.1:${server.addr.port}/v1`,
+    }],
+    logging: { enabled: false },
+  };
+  try {
+    await withConfig(config, async (configPath) => {
+      // DENO_CERT adds the test root to the runtime's trust store.
+      const router = await start(["--config", configPath, "--port", "0"], {
+        DENO_CERT: new URL("ca.pem", tls).pathname,
+      });
+      try {
+        const response = await fetch(`${router.url}/openai/chat/completions`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ model: "gpt-4o", messages: [] }),
+        });
+        assert.equal(response.status, 200);
+        assert.equal((await response.json()).id, "chatcmpl-tls");
+        assert.equal(response.headers.get("x-llm-router-provider"), "secure");
+      } finally {
+        router.child.kill("SIGTERM");
+        const result = await router.finished;
+        assert.equal(result.code, 0, result.stderr);
+      }
+    });
+  } finally {
+    await server.shutdown();
+  }
+});
