@@ -68,9 +68,13 @@ async function fetchUpstream(
   return { status, statusText, headers, body };
 }
 
+/**
+ * Deno's `node:http` itself sends a request once more when a pooled connection fails before an
+ * answer (the provider closed it while idle), so the router adds no retry of its own here.
+ */
 function nodeHttpClient(): UpstreamClient & { close(): void } {
   const agent = new http.Agent({ keepAlive: true });
-  const send = (request: UpstreamRequest, retried: boolean): Promise<UpstreamResponse> =>
+  const send = (request: UpstreamRequest) =>
     new Promise<UpstreamResponse>((resolve, reject) => {
       const { signal } = request;
       if (signal.aborted) {
@@ -83,10 +87,17 @@ function nodeHttpClient(): UpstreamClient & { close(): void } {
       headers["accept-encoding"] = "identity";
       const outgoing = http.request(request.url, { method: "POST", headers, agent });
       let body: BodyFeed | null = null;
-      // Destroyed without an error: node would re-emit one on a socket nobody listens to.
+      let settled = false;
+      const fail = (error: unknown) => {
+        settled = true;
+        reject(error);
+      };
       const onAbort = () => {
-        reject(signal.reason);
+        fail(signal.reason);
         body?.fail(signal.reason);
+        // Not a pooled connection to resend on: node would send an aborted request again.
+        outgoing.reusedSocket = false;
+        // Destroyed without an error: node would re-emit one on a socket nobody listens to.
         outgoing.destroy();
       };
       signal.addEventListener("abort", onAbort, { once: true });
@@ -94,9 +105,20 @@ function nodeHttpClient(): UpstreamClient & { close(): void } {
       outgoing.on("error", (error) => {
         body?.fail(error);
         done();
-        reject(outgoing.reusedSocket ? new StaleConnection(error) : error);
+        fail(error);
+      });
+      // A connection that closes with no answer and no error (a 101 upgrade, say) ends the attempt.
+      outgoing.on("close", () => {
+        if (settled) return;
+        done();
+        fail(new Error("Upstream connection closed without an answer"));
       });
       outgoing.on("response", (incoming: http.IncomingMessage) => {
+        if (settled) {
+          outgoing.destroy();
+          return;
+        }
+        settled = true;
         const status = incoming.statusCode ?? 0;
         if (NO_BODY_STATUSES.has(status)) {
           incoming.resume();
@@ -112,27 +134,8 @@ function nodeHttpClient(): UpstreamClient & { close(): void } {
         });
       });
       outgoing.end(request.body);
-    }).catch((error) => {
-      if (!(error instanceof StaleConnection)) throw error;
-      if (retried || request.signal.aborted || !error.resetBeforeAnswer) throw error.cause;
-      return send(request, true);
     });
-  return Object.assign((request: UpstreamRequest) => send(request, false), {
-    close: () => agent.destroy(),
-  });
-}
-
-/**
- * A failure on a pooled connection. When the provider reset it before answering, it most likely
- * closed the connection while idle just as the request went out, and one new connection is tried.
- */
-class StaleConnection extends Error {
-  readonly resetBeforeAnswer: boolean;
-  constructor(cause: unknown) {
-    super("Pooled connection failed", { cause });
-    const code = (cause as { code?: unknown } | null)?.code;
-    this.resetBeforeAnswer = code === "ECONNRESET" || code === "EPIPE";
-  }
+  return Object.assign(send, { close: () => agent.destroy() });
 }
 
 function headersOf(raw: string[]): Headers {
@@ -169,14 +172,13 @@ class BodyFeed {
 
   constructor(incoming: http.IncomingMessage, outgoing: http.ClientRequest, done: () => void) {
     this.#done = done;
-    const source = incoming;
     const raw = new ReadableStream({
       type: "bytes",
       start: (controller) => {
         this.#controller = controller;
       },
       pull: () => {
-        source.resume();
+        incoming.resume();
       },
       cancel: () => {
         this.#finish();
@@ -185,20 +187,19 @@ class BodyFeed {
     }, { highWaterMark: READ_AHEAD_BYTES });
     const format = decompression(incoming);
     this.stream = format === null ? raw : raw.pipeThrough(new DecompressionStream(format));
-    source.on("data", (chunk: Uint8Array) => {
+    incoming.on("data", (chunk: Uint8Array) => {
       if (this.#finished) return;
       const whole = chunk.byteOffset === 0 && chunk.byteLength === chunk.buffer.byteLength;
-      this.#controller.enqueue(whole ? new Uint8Array(chunk.buffer) : chunk.slice());
-      if ((this.#controller.desiredSize ?? 0) <= 0) source.pause();
+      // A Buffer's own slice() is a view; a part of a larger buffer is copied before handover.
+      this.#controller.enqueue(whole ? new Uint8Array(chunk.buffer) : new Uint8Array(chunk));
+      if ((this.#controller.desiredSize ?? 0) <= 0) incoming.pause();
     });
-    source.on("end", () => {
+    incoming.on("end", () => {
       if (this.#finish()) this.#controller.close();
     });
-    const fail = (error: unknown) => this.fail(error);
-    source.on("error", fail);
-    incoming.on("error", fail);
+    incoming.on("error", (error) => this.fail(error));
     incoming.on("close", () => {
-      if (!incoming.complete) fail(new Error("Upstream connection closed before the body ended"));
+      this.fail(new Error("Upstream connection closed before the body ended"));
     });
   }
 

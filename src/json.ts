@@ -27,11 +27,12 @@ const sourceTexts = new WeakMap<object, string>();
 
 /**
  * Parses a body's JSON text and remembers the text for the log, when it fits on one log line
- * as it is (no line breaks).
+ * as it is (no line breaks) and spells every string plainly (no `\u` or `\/` escape, which
+ * could hide a secret from the log's scrubbing).
  */
 export function parseBody(text: string): unknown {
   const value = tryParseJson(text);
-  if (typeof value === "object" && value !== null && !/[\r\n]/.test(text)) {
+  if (typeof value === "object" && value !== null && !/[\r\n]|\\[u/]/.test(text)) {
     sourceTexts.set(value, text);
   }
   return value;

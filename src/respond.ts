@@ -134,11 +134,11 @@ export function commitResponse(
   const clientBody = body instanceof SseRelay
     ? body.clientStream(hooks)
     : relayPlainBody(body, context.dialect, hooks, context.keepBytes);
-  return new Response(clientBody, {
-    status: upstream.status,
-    statusText: upstream.statusText,
-    headers,
-  });
+  // A reason phrase Response cannot carry (control bytes) is left out rather than thrown on.
+  const statusText = /^[\t\x20-\x7e\x80-\xff]*$/.test(upstream.statusText)
+    ? upstream.statusText
+    : "";
+  return new Response(clientBody, { status: upstream.status, statusText, headers });
 }
 
 /** The record's `error` for a committed answer: what went wrong, or what looked wrong. */

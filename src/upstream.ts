@@ -133,7 +133,9 @@ export class InFlight {
     if (at >= this.#wakeAt) return;
     clearTimeout(this.#timer);
     this.#wakeAt = at;
-    this.#timer = setTimeout(() => this.#check(), Math.max(0, at - this.now()));
+    // setTimeout cannot wait longer than 2^31 - 1 ms; a later limit is checked again then.
+    const delay = Math.min(Math.max(0, at - this.now()), 2 ** 31 - 1);
+    this.#timer = setTimeout(() => this.#check(), delay);
     // A timer left to run out must not keep a finished process alive.
     Deno.unrefTimer(this.#timer);
   }

@@ -148,3 +148,100 @@ Deno.test("an https provider whose certificate no trusted root signed is a conne
     await tls.close();
   }
 });
+
+Deno.test("a request aborted on a pooled http connection is not sent to the provider again", async () => {
+  let count = 0;
+  const mock = startMockUpstream(() => (++count === 1 ? {} : { hang: "headers" }));
+  const router = startRouter({ providers: [provider("p", "openai", mock.url)] });
+  try {
+    const first = await post(router.url, chat("hi"));
+    assert.equal(first.status, 200);
+    await first.body?.cancel();
+    const leaving = new AbortController();
+    const second = fetch(`${router.url}/openai/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: chat("hi"),
+      signal: leaving.signal,
+    }).catch((error: Error) => error);
+    while (mock.requests.length < 2) await new Promise((resolve) => setTimeout(resolve, 5));
+    leaving.abort();
+    assert.equal((await second as Error).name, "AbortError");
+    await mock.whenAborted();
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    assert.equal(mock.requests.length, 2, "the aborted request went out once");
+    const records: RequestRecord[] = await router.sink.waitFor(2);
+    assert.equal(records[1].status, 499);
+  } finally {
+    await router.close();
+    await mock.close();
+  }
+});
+
+/** A raw HTTP/1.1 server answering every request with `head` and `body`, then closing. */
+function rawServer(head: string, body = ""): { url: string; close(): void } {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  (async () => {
+    for await (const conn of listener) {
+      (async () => {
+        await conn.read(new Uint8Array(64 * 1024)).catch(() => null);
+        await conn.write(new TextEncoder().encode(head + body)).catch(() => 0);
+        conn.close();
+      })();
+    }
+  })().catch(() => {});
+  const { port } = listener.addr as Deno.NetAddr;
+  return { url: `http://127.0.0.1:${port}`, close: () => listener.close() };
+}
+
+Deno.test("a reason phrase with control bytes still reaches the client as the provider's answer", async () => {
+  const body = JSON.stringify(openaiCompletion("gpt-4o", "odd phrase"));
+  const odd = rawServer(
+    `HTTP/1.1 200 O\x01K\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\n` +
+      "connection: close\r\n\r\n",
+    body,
+  );
+  const router = startRouter({ providers: [provider("odd", "openai", odd.url)] });
+  try {
+    const response = await post(router.url, chat("hi"));
+    assert.equal(response.status, 200);
+    assert.equal(await response.text(), body);
+    const [record] = await router.sink.waitFor(1);
+    assert.equal(record.error, null);
+  } finally {
+    await router.close();
+    odd.close();
+  }
+});
+
+Deno.test("a 101 upgrade instead of an answer fails the attempt at once: the router falls back", async () => {
+  const upgrade = rawServer(
+    "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
+  );
+  const good = startMockUpstream();
+  const router = startRouter({
+    providers: [
+      provider("upgrade", "openai", upgrade.url),
+      provider("good", "openai", good.url, { priority: 2 }),
+    ],
+    timeouts: { first_byte_ms: 5000 },
+  });
+  try {
+    const started = performance.now();
+    const response = await post(router.url, chat("hi"));
+    const elapsed = performance.now() - started;
+    assert.equal(response.status, 200);
+    assert.equal(response.headers.get("x-llm-router-provider"), "good");
+    await response.body?.cancel();
+    assert.ok(elapsed < 2000, `fell back after ${elapsed} ms`);
+    const [record] = await router.sink.waitFor(1);
+    assert.deepEqual(record.attempts.map((a) => [a.provider, a.error]), [
+      ["upgrade", "connect_error"],
+      ["good", null],
+    ]);
+  } finally {
+    await router.close();
+    await good.close();
+    upgrade.close();
+  }
+});
