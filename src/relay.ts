@@ -269,6 +269,11 @@ const decoder = new TextDecoder();
 
 /** Of a plain answer, the router reads this much before it commits (fully, for most). */
 const PLAIN_HOLD_BYTES = 256 * 1024;
+/**
+ * How long the router reads ahead an answer of unknown length before it commits anyway: a
+ * gateway that keeps a long call alive with early whitespace must reach the client as it comes.
+ */
+const PLAIN_HOLD_MS = 1000;
 
 /** A plain body as read before commit: whole when `ended`, otherwise its first part. */
 export interface PlainHead {
@@ -276,31 +281,53 @@ export interface PlainHead {
   bytes: number;
   ended: boolean;
   reader: ReadableStreamDefaultReader<Uint8Array>;
+  /** A read still under way when the hold ran out; the relay takes it up first. */
+  pending: Promise<ReadableStreamReadResult<Uint8Array>> | null;
 }
 
 /**
- * Reads a plain body ahead, until it ends or passes `PLAIN_HOLD_BYTES`. A body that breaks
- * off here is a failed attempt the router can still fall back from. A failed read throws.
+ * Reads a plain body ahead, until it ends, passes `PLAIN_HOLD_BYTES` or, when the provider did
+ * not say how long it is, has taken `PLAIN_HOLD_MS`. A body that breaks off here is a failed
+ * attempt the router can still fall back from. A failed read throws.
  */
 export async function readPlainHead(
   body: ReadableStream<Uint8Array>,
+  declaredLength: number | null,
   onReading: (pending: boolean) => void,
 ): Promise<PlainHead> {
-  const head: PlainHead = { chunks: [], bytes: 0, ended: false, reader: body.getReader() };
-  while (head.bytes <= PLAIN_HOLD_BYTES) {
-    onReading(true);
-    let result: ReadableStreamReadResult<Uint8Array>;
-    try {
-      result = await head.reader.read();
-    } finally {
-      onReading(false);
+  const reader = body.getReader();
+  const head: PlainHead = { chunks: [], bytes: 0, ended: false, reader, pending: null };
+  // Only a body of unknown length needs the time bound (and so a timer).
+  let expired: Promise<"expired"> | null = null;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  if (declaredLength === null) {
+    expired = new Promise((resolve) => timer = setTimeout(() => resolve("expired"), PLAIN_HOLD_MS));
+  }
+  try {
+    while (head.bytes <= PLAIN_HOLD_BYTES) {
+      onReading(true);
+      const read = reader.read();
+      let result: ReadableStreamReadResult<Uint8Array> | "expired";
+      try {
+        result = await (expired === null ? read : Promise.race([read, expired]));
+      } finally {
+        onReading(false);
+      }
+      if (result === "expired") {
+        // Settled either way when the relay takes it up; never an unhandled rejection meanwhile.
+        read.catch(() => {});
+        head.pending = read;
+        break;
+      }
+      if (result.done) {
+        head.ended = true;
+        break;
+      }
+      head.chunks.push(result.value);
+      head.bytes += result.value.length;
     }
-    if (result.done) {
-      head.ended = true;
-      break;
-    }
-    head.chunks.push(result.value);
-    head.bytes += result.value.length;
+  } finally {
+    clearTimeout(timer);
   }
   return head;
 }
@@ -345,6 +372,7 @@ export function relayPlainBody(
     return bytes;
   }
   const { reader } = head;
+  let pending = head.pending;
   // Enqueuing hands a buffer over, so the tap keeps copies.
   const kept = head.chunks.map((chunk) => chunk.slice());
   let forwarded = 0;
@@ -358,13 +386,16 @@ export function relayPlainBody(
         for (const chunk of held) enqueueOwned(controller, chunk);
         forwarded += head.bytes;
         held = null;
-        hooks.onFirstByte();
-        return;
+        if (head.bytes > 0) {
+          hooks.onFirstByte();
+          return;
+        }
       }
       let result: ReadableStreamReadResult<Uint8Array>;
       hooks.onReading(true);
       try {
-        result = await reader.read();
+        result = await (pending ?? reader.read());
+        pending = null;
       } catch (error) {
         hooks.onEnd(summary(hooks.failureKind(), String(error)));
         controller.error(error);
@@ -381,6 +412,7 @@ export function relayPlainBody(
       if (forwarded < keepLimit) kept.push(chunk.slice());
       forwarded += chunk.length;
       enqueueOwned(controller, chunk);
+      hooks.onFirstByte();
     },
     async cancel() {
       hooks.onEnd(summary("client_aborted", "Client closed the connection"));

@@ -47,6 +47,12 @@ function keepBytes(config: Config): number {
   return cap === 0 ? Infinity : Math.max(cap, 16 * 1024 * 1024);
 }
 
+/** The body length a provider declared, if it did. */
+function declaredLength(headers: Headers): number | null {
+  const length = Number(headers.get("content-length") ?? NaN);
+  return Number.isFinite(length) ? length : null;
+}
+
 /** How one attempt ended when it did not commit. */
 interface Failure {
   candidate: Candidate;
@@ -141,7 +147,11 @@ export async function forward(
     let head: PlainHead | null = null;
     if (upstream.body !== null) {
       try {
-        head = await readPlainHead(upstream.body, (pending) => signal.reading(pending));
+        head = await readPlainHead(
+          upstream.body,
+          declaredLength(upstream.headers),
+          (pending) => signal.reading(pending),
+        );
       } catch {
         signal.abandon();
         return request.signal.aborted ? clientGone(trace) : allFailed(request);
@@ -314,7 +324,11 @@ async function attempt(
     signal.commit();
     let head: PlainHead;
     try {
-      head = await readPlainHead(upstream.body, (pending) => signal.reading(pending));
+      head = await readPlainHead(
+        upstream.body,
+        declaredLength(upstream.headers),
+        (pending) => signal.reading(pending),
+      );
     } catch {
       signal.abandon();
       return failed(signal.failureKind("stream_interrupted"), null, null);

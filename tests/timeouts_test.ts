@@ -371,3 +371,28 @@ for (const api of APIS) {
     });
   });
 }
+
+Deno.test("a plain answer of unknown length still arriving after 1 s is committed and relayed as it comes", async () => {
+  // A gateway keeping a long non-streaming call alive with early whitespace.
+  const answer = answerText("openai");
+  await withMocks(
+    "openai",
+    [() => ({
+      headers: { "content-type": "application/json" },
+      chunks: ["\n", answer],
+      chunkDelayMs: 1800,
+    })],
+    {},
+    async ({ router }) => {
+      const started = performance.now();
+      const response = await within(post(router.url, "openai"), "the response");
+      const headersAfter = performance.now() - started;
+      assert.equal(response.status, 200);
+      assert.ok(headersAfter > 900 && headersAfter < 1700, `headers after ${headersAfter} ms`);
+      assert.equal(await response.text(), "\n" + answer);
+      const record = await onlyRecord(router);
+      assert.deepEqual(attemptsOf(record), [["a", 200, null]]);
+      assert.equal(record.usage?.total_tokens, JSON.parse(answer).usage.total_tokens);
+    },
+  );
+});
