@@ -4,7 +4,7 @@ import { Gate, presentedKeys } from "./auth.ts";
 import { createHttpClient } from "./http_client.ts";
 import { corsHeaders, preflight } from "./cors.ts";
 import { ProviderHealth } from "./health.ts";
-import { readClientBody } from "./intake.ts";
+import { readClientBody, SHUTTING_DOWN } from "./intake.ts";
 import type { RecordSink } from "./log.ts";
 import { PAGES } from "./pages.ts";
 import { type Dialect, dialects } from "./providers/mod.ts";
@@ -119,6 +119,10 @@ export function createHandler(
       }, routerDeps.inFlight);
     } catch (error) {
       if (request.signal.aborted) return clientGone(trace);
+      // Stopping the server ends uploads still under way.
+      if (routerDeps.inFlight.stopping) {
+        return reject(context, 503, SHUTTING_DOWN, "shutting_down");
+      }
       return reject(context, 400, `Could not read the request body: ${error}`, "invalid_body");
     }
     trace.record.request = body.logged;

@@ -19,7 +19,10 @@ export interface Refusal {
 
 const decoder = new TextDecoder();
 
+export const SHUTTING_DOWN = "The router is shutting down; send the request again";
+
 const TIMED_OUT = Symbol("timed out");
+const STOPPING = Symbol("router stopping");
 
 /**
  * Reads at most `limit` bytes within `deadlineMs`: a declared or actual size beyond the limit
@@ -31,7 +34,7 @@ async function readLimited(
   limit: number,
   deadlineMs: number,
   deadlines: InFlight,
-): Promise<Uint8Array<ArrayBuffer> | null | typeof TIMED_OUT> {
+): Promise<Uint8Array<ArrayBuffer> | null | typeof TIMED_OUT | typeof STOPPING> {
   const declared = Number(request.headers.get("content-length") ?? NaN);
   if (declared > limit) return null;
   if (request.body === null) return new Uint8Array(0);
@@ -39,15 +42,18 @@ async function readLimited(
   let size = 0;
   const reader = request.body.getReader();
   let timedOut = false;
+  let stopping = false;
   const due = deadlines.now() + deadlineMs;
   const deadline: Deadline = {
     check(now) {
       if (now < due) return due;
-      this.abandon("");
+      timedOut = true;
+      reader.cancel().catch(() => {});
       return Infinity;
     },
+    // Shutdown, past its grace period.
     abandon() {
-      timedOut = true;
+      stopping = true;
       reader.cancel().catch(() => {});
     },
   };
@@ -55,6 +61,7 @@ async function readLimited(
   try {
     for (;;) {
       const { done, value } = await reader.read();
+      if (stopping) return STOPPING;
       if (timedOut) return TIMED_OUT;
       if (done) break;
       size += value.length;
@@ -65,6 +72,7 @@ async function readLimited(
       parts.push(value);
     }
   } catch (error) {
+    if (stopping) return STOPPING;
     if (timedOut) return TIMED_OUT;
     throw error;
   } finally {
@@ -98,6 +106,9 @@ export async function readClientBody(
 ): Promise<ClientBody | Refusal> {
   const { maxBytes, deadlineMs } = limits;
   const bytes = await readLimited(request, maxBytes, deadlineMs, deadlines);
+  if (bytes === STOPPING) {
+    return { status: 503, message: SHUTTING_DOWN, code: "shutting_down", logged: null };
+  }
   if (bytes === TIMED_OUT) {
     const message = `Request body did not arrive within ${deadlineMs} ms`;
     return { status: 408, message, code: "request_timeout", logged: null };

@@ -72,6 +72,7 @@ export function startServer(config: Config, options: ServerOptions): RunningServ
         options.ops.log("warn", "Grace period over: aborting requests still in flight");
         inFlight.abortAll();
       }, current.shutdown.grace_ms);
+      inFlight.beginStop();
       await server.shutdown();
       clearTimeout(grace);
       inFlight.close();

@@ -104,9 +104,10 @@ export interface Deadline {
  */
 export class InFlight {
   #live = new Set<Deadline>();
-  #stopping = new AbortController();
+  #stopped = new AbortController();
   #timer: ReturnType<typeof setTimeout> | undefined;
   #wakeAt = Infinity;
+  #stopping = false;
   readonly now: () => number;
 
   constructor(now: () => number = () => performance.now()) {
@@ -115,7 +116,16 @@ export class InFlight {
 
   /** Fires when the router stops waiting; waits between attempts listen to it. */
   get signal(): AbortSignal {
-    return this.#stopping.signal;
+    return this.#stopped.signal;
+  }
+
+  /** True once the server has begun to stop (before its grace period ends). */
+  get stopping(): boolean {
+    return this.#stopping;
+  }
+
+  beginStop(): void {
+    this.#stopping = true;
   }
 
   /** Tracks `entry` until `delete`, checking it by `dueAt` at the latest. */
@@ -150,7 +160,7 @@ export class InFlight {
   }
 
   abortAll(): void {
-    this.#stopping.abort(new DOMException("Router is shutting down", "AbortError"));
+    this.#stopped.abort(new DOMException("Router is shutting down", "AbortError"));
     for (const entry of this.#live) entry.abandon("Router is shutting down");
   }
 

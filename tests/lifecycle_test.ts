@@ -679,3 +679,55 @@ Deno.test("--watch-config picks up a changed config file without SIGHUP", async 
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("a client still sending its body when the router stops gets 503 shutting_down, and a record", async () => {
+  const mock = startMockUpstream();
+  const logDir = await Deno.makeTempDir();
+  const config = parseConfig(
+    JSON.stringify({
+      providers: [provider("a", "anthropic", mock.url)],
+      shutdown: { grace_ms: 2000 },
+    }),
+    () => undefined,
+  );
+  const server = startServer(config, {
+    host: "127.0.0.1",
+    port: 0,
+    logDir,
+    ops: { log() {} },
+    onListen() {},
+  });
+  const url = `http://127.0.0.1:${server.port}`;
+  try {
+    // Half a body, then nothing: the client is still sending when the router stops.
+    let upload!: ReadableStreamDefaultController<Uint8Array>;
+    const body = new ReadableStream<Uint8Array>({
+      start(controller) {
+        upload = controller;
+        controller.enqueue(new TextEncoder().encode('{"model":"claude-x",'));
+      },
+    });
+    const pending = fetch(`${url}/anthropic/v1/messages`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body,
+    });
+    await sleep(50);
+    const stopped = server.stop();
+    const response = await within(pending, "the response", 3000);
+    assert.equal(response.status, 503);
+    const answer = await response.json();
+    assert.equal(answer.type, "error");
+    assert.match(answer.error.message, /shutting down/);
+    // The client gives up its upload; Deno's graceful shutdown waits for that.
+    upload.close();
+    await within(stopped, "stop()", 3000);
+    const [record] = await records(logDir);
+    assert.equal(record.status, 503);
+    assert.equal(record.error?.type, "shutting_down");
+    assert.equal(mock.requests.length, 0);
+  } finally {
+    await mock.close();
+    await Deno.remove(logDir, { recursive: true });
+  }
+});
