@@ -154,7 +154,11 @@ export async function forward(
         );
       } catch {
         signal.abandon();
-        return request.signal.aborted ? clientGone(trace) : allFailed(request);
+        if (request.signal.aborted) return clientGone(trace);
+        // The answer broke off: its attempt says how, so a timeout gives 504, not 502.
+        const kept = trace.record.attempts.at(-1);
+        if (kept !== undefined) kept.error = signal.failureKind("stream_interrupted");
+        return allFailed(request);
       }
     }
     return commitResponse(

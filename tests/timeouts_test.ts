@@ -396,3 +396,23 @@ Deno.test("a plain answer of unknown length still arriving after 1 s is committe
     },
   );
 });
+
+Deno.test("the last provider's fallback answer stalling past total_ms gives 504, and its attempt says timeout", async () => {
+  await withMocks(
+    "openai",
+    [() => ({
+      status: 503,
+      headers: { "content-type": "application/json" },
+      chunks: ['{"error":'],
+      hang: "body",
+    })],
+    { config: { timeouts: { total_ms: 300 } } },
+    async ({ router }) => {
+      const response = await within(post(router.url, "openai"), "the response");
+      assert.equal(response.status, 504);
+      assert.equal((await response.json()).error.code, "upstream_timeout");
+      const record = await onlyRecord(router);
+      assert.deepEqual(attemptsOf(record), [["a", 503, "timeout"]]);
+    },
+  );
+});
