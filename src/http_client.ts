@@ -43,7 +43,9 @@ export function createHttpClient(
     : Deno.createHttpClient({ caCerts: options.caCerts });
   return Object.assign(
     (request: UpstreamRequest) =>
-      request.url.startsWith("http:") ? plain(request) : fetchUpstream(request, tls),
+      request.url.slice(0, 5).toLowerCase() === "http:"
+        ? plain(request)
+        : fetchUpstream(request, tls),
     {
       close() {
         plain.close();
@@ -63,6 +65,8 @@ async function fetchUpstream(
     body: request.body as Uint8Array<ArrayBuffer>,
     signal: request.signal,
     client,
+    // A redirect is the provider's answer: following it would send the key and prompt elsewhere.
+    redirect: "manual",
   });
   const { status, statusText, headers, body } = response;
   return { status, statusText, headers, body };

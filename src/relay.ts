@@ -287,8 +287,9 @@ export interface PlainHead {
 
 /**
  * Reads a plain body ahead, until it ends, passes `PLAIN_HOLD_BYTES` or, when the provider did
- * not say how long it is, has taken `PLAIN_HOLD_MS`. A body that breaks off here is a failed
- * attempt the router can still fall back from. A failed read throws.
+ * not say how long it is, has taken `PLAIN_HOLD_MS` and sent something. A body that breaks off
+ * here, or has sent nothing yet, is a failed attempt the router can still fall back from. A
+ * failed read throws.
  */
 export async function readPlainHead(
   body: ReadableStream<Uint8Array>,
@@ -303,6 +304,8 @@ export async function readPlainHead(
   if (declaredLength === null) {
     expired = new Promise((resolve) => timer = setTimeout(() => resolve("expired"), PLAIN_HOLD_MS));
   }
+  // Set once the hold ran out before anything came: the first bytes are then the commit point.
+  let late = false;
   try {
     while (head.bytes <= PLAIN_HOLD_BYTES) {
       onReading(true);
@@ -310,6 +313,12 @@ export async function readPlainHead(
       let result: ReadableStreamReadResult<Uint8Array> | "expired";
       try {
         result = await (expired === null ? read : Promise.race([read, expired]));
+        if (result === "expired" && head.bytes === 0) {
+          // Nothing to send yet: keep waiting (the idle timeout still runs).
+          late = true;
+          expired = null;
+          result = await read;
+        }
       } finally {
         onReading(false);
       }
@@ -325,6 +334,7 @@ export async function readPlainHead(
       }
       head.chunks.push(result.value);
       head.bytes += result.value.length;
+      if (late) break;
     }
   } finally {
     clearTimeout(timer);
@@ -404,6 +414,7 @@ export function relayPlainBody(
         hooks.onReading(false);
       }
       if (result.done) {
+        hooks.onFirstByte();
         controller.close();
         hooks.onEnd(summary(null, null));
         return;

@@ -379,8 +379,8 @@ Deno.test("a plain answer of unknown length still arriving after 1 s is committe
     "openai",
     [() => ({
       headers: { "content-type": "application/json" },
-      chunks: ["\n", answer],
-      chunkDelayMs: 1800,
+      chunks: ["\n", "\n", answer],
+      chunkDelayMs: 700,
     })],
     {},
     async ({ router }) => {
@@ -388,8 +388,8 @@ Deno.test("a plain answer of unknown length still arriving after 1 s is committe
       const response = await within(post(router.url, "openai"), "the response");
       const headersAfter = performance.now() - started;
       assert.equal(response.status, 200);
-      assert.ok(headersAfter > 900 && headersAfter < 1700, `headers after ${headersAfter} ms`);
-      assert.equal(await response.text(), "\n" + answer);
+      assert.ok(headersAfter > 900 && headersAfter < 1400, `headers after ${headersAfter} ms`);
+      assert.equal(await response.text(), "\n\n" + answer);
       const record = await onlyRecord(router);
       assert.deepEqual(attemptsOf(record), [["a", 200, null]]);
       assert.equal(record.usage?.total_tokens, JSON.parse(answer).usage.total_tokens);
@@ -413,6 +413,26 @@ Deno.test("the last provider's fallback answer stalling past total_ms gives 504,
       assert.equal((await response.json()).error.code, "upstream_timeout");
       const record = await onlyRecord(router);
       assert.deepEqual(attemptsOf(record), [["a", 503, "timeout"]]);
+    },
+  );
+});
+
+Deno.test("a plain answer whose headers came but whose body never starts is a failed attempt: the router falls back", async () => {
+  const answer = answerText("openai");
+  await withMocks(
+    "openai",
+    [
+      () => ({ headers: { "content-type": "application/json" }, hang: "body" }),
+      () => json(answer),
+    ],
+    { config: { timeouts: { idle_ms: 1500 } } },
+    async ({ router }) => {
+      const response = await within(post(router.url, "openai"), "the response", 5000);
+      assert.equal(response.status, 200);
+      assert.equal(response.headers.get("x-llm-router-provider"), "b");
+      assert.equal(await response.text(), answer);
+      const record = await onlyRecord(router);
+      assert.deepEqual(attemptsOf(record), [["a", 200, "timeout"], ["b", 200, null]]);
     },
   );
 });

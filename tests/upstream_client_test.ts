@@ -28,7 +28,7 @@ async function gzip(text: string): Promise<Uint8Array<ArrayBuffer>> {
 }
 
 /** An OpenAI-shaped provider over TLS with the test certificate; it notes what reached it. */
-function startTlsProvider() {
+function startTlsProvider(redirectTo?: string) {
   const seen: { path: string; authorization: string | null }[] = [];
   const server = Deno.serve(
     { hostname: "127.0.0.1", port: 0, cert, key, onListen() {} },
@@ -38,6 +38,9 @@ function startTlsProvider() {
         path: new URL(request.url).pathname,
         authorization: request.headers.get("authorization"),
       });
+      if (redirectTo !== undefined) {
+        return new Response(null, { status: 307, headers: { location: redirectTo } });
+      }
       if (body.stream) {
         return new Response(chunks.join(""), { headers: { ...sseHeaders } });
       }
@@ -243,5 +246,30 @@ Deno.test("a 101 upgrade instead of an answer fails the attempt at once: the rou
     await router.close();
     await good.close();
     upgrade.close();
+  }
+});
+
+Deno.test("an https provider's redirect is its answer: the router neither follows it nor sends the key on", async () => {
+  const elsewhere = startMockUpstream();
+  const tls = startTlsProvider(`${elsewhere.url}/v1/chat/completions`);
+  const router = startRouter({ providers: [provider("secure", "openai", tls.url)] }, {
+    caCerts: [ca],
+  });
+  try {
+    const response = await fetch(`${router.url}/openai/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: chat("hi"),
+      redirect: "manual",
+    });
+    assert.equal(response.status, 307);
+    assert.equal(response.headers.get("location"), `${elsewhere.url}/v1/chat/completions`);
+    await response.body?.cancel();
+    assert.equal(tls.seen.length, 1);
+    assert.equal(elsewhere.requests.length, 0, "nothing went to the redirect's target");
+  } finally {
+    await router.close();
+    await tls.close();
+    await elsewhere.close();
   }
 });
