@@ -47,10 +47,15 @@ function keepBytes(config: Config): number {
   return cap === 0 ? Infinity : Math.max(cap, 16 * 1024 * 1024);
 }
 
-/** The body length a provider declared, if it did. */
-function declaredLength(headers: Headers): number | null {
+/** Reads a plain answer ahead of commit, with the length its provider declared, if any. */
+function readAhead(
+  body: ReadableStream<Uint8Array>,
+  headers: Headers,
+  signal: AttemptSignal,
+): Promise<PlainHead> {
   const length = Number(headers.get("content-length") ?? NaN);
-  return Number.isFinite(length) ? length : null;
+  const declared = Number.isFinite(length) ? length : null;
+  return readPlainHead(body, declared, (pending) => signal.reading(pending));
 }
 
 /** How one attempt ended when it did not commit. */
@@ -147,11 +152,7 @@ export async function forward(
     let head: PlainHead | null = null;
     if (upstream.body !== null) {
       try {
-        head = await readPlainHead(
-          upstream.body,
-          declaredLength(upstream.headers),
-          (pending) => signal.reading(pending),
-        );
+        head = await readAhead(upstream.body, upstream.headers, signal);
       } catch {
         signal.abandon();
         if (request.signal.aborted) return clientGone(trace);
@@ -328,11 +329,7 @@ async function attempt(
     signal.commit();
     let head: PlainHead;
     try {
-      head = await readPlainHead(
-        upstream.body,
-        declaredLength(upstream.headers),
-        (pending) => signal.reading(pending),
-      );
+      head = await readAhead(upstream.body, upstream.headers, signal);
     } catch {
       signal.abandon();
       return failed(signal.failureKind("stream_interrupted"), null, null);
