@@ -16,6 +16,8 @@ export interface UpstreamResponse {
   headers: Headers;
   /** Null for statuses that carry no body (204, 205, 304). */
   body: ReadableStream<Uint8Array<ArrayBuffer>> | null;
+  /** The client undid the body's content encoding: `content-encoding` no longer describes it. */
+  decoded: boolean;
 }
 
 export type UpstreamClient = (request: UpstreamRequest) => Promise<UpstreamResponse>;
@@ -69,7 +71,14 @@ async function fetchUpstream(
     redirect: "manual",
   });
   const { status, statusText, headers, body } = response;
-  return { status, statusText, headers, body };
+  return { status, statusText, headers, body, decoded: FETCH_DECODES.has(encodingOf(headers)) };
+}
+
+/** The content encodings Deno's fetch undoes by itself. */
+const FETCH_DECODES = new Set(["gzip", "br"]);
+
+function encodingOf(headers: Headers): string {
+  return (headers.get("content-encoding") ?? "").trim().toLowerCase();
 }
 
 /**
@@ -130,11 +139,13 @@ function nodeHttpClient(): UpstreamClient & { close(): void } {
         } else {
           body = new BodyFeed(incoming, outgoing, done);
         }
+        const headers = headersOf(incoming.rawHeaders);
         resolve({
           status,
           statusText: incoming.statusMessage ?? "",
-          headers: headersOf(incoming.rawHeaders),
+          headers,
           body: body?.stream ?? null,
+          decoded: body !== null && decompression(encodingOf(headers)) !== null,
         });
       });
       outgoing.end(request.body);
@@ -155,8 +166,7 @@ function headersOf(raw: string[]): Headers {
 }
 
 /** The format a response's content encoding is undone with; null when it has none we know. */
-function decompression(incoming: http.IncomingMessage): CompressionFormat | null {
-  const encoding = (incoming.headers["content-encoding"] ?? "").trim().toLowerCase();
+function decompression(encoding: string): CompressionFormat | null {
   if (encoding === "gzip" || encoding === "x-gzip") return "gzip";
   if (encoding === "deflate") return "deflate";
   if (encoding === "br") return "brotli" as CompressionFormat;
@@ -189,7 +199,7 @@ class BodyFeed {
         outgoing.destroy();
       },
     }, { highWaterMark: READ_AHEAD_BYTES });
-    const format = decompression(incoming);
+    const format = decompression((incoming.headers["content-encoding"] ?? "").trim().toLowerCase());
     this.stream = format === null ? raw : raw.pipeThrough(new DecompressionStream(format));
     incoming.on("data", (chunk: Uint8Array) => {
       if (this.#finished) return;

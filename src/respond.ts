@@ -89,7 +89,7 @@ export function commitResponse(
   record.provider = candidate.provider.name;
   record.upstream_model = candidate.model;
   record.status = upstream.status;
-  const headers = clientResponseHeaders(upstream.headers);
+  const headers = clientResponseHeaders(upstream.headers, upstream.decoded);
   const upstreamRequestId = headers.get("x-request-id");
   if (upstreamRequestId !== null) {
     headers.set("x-llm-router-upstream-request-id", upstreamRequestId);

@@ -25,15 +25,10 @@ const REQUEST_DROPPED = new Set([
 ]);
 
 /**
- * Never sent to the client: fetch has already decoded the body, so the provider's length and
- * encoding no longer describe it; a provider's cookies are not the client's business.
+ * Never sent to the client: the body goes out without a declared length (Deno sets its own),
+ * and a provider's cookies are not the client's business.
  */
-const RESPONSE_DROPPED = new Set([
-  ...HOP_BY_HOP,
-  "content-length",
-  "content-encoding",
-  "set-cookie",
-]);
+const RESPONSE_DROPPED = new Set([...HOP_BY_HOP, "content-length", "set-cookie"]);
 
 /** Header names a `Connection` header lists: they too describe only that connection. */
 function connectionScoped(headers: Headers): string[] {
@@ -66,11 +61,13 @@ export function upstreamRequestHeaders(
  * The provider's end-to-end response headers; the router's own are added by the caller. A
  * provider's CORS headers are dropped too: cross-origin access is the router's to grant.
  */
-export function clientResponseHeaders(upstream: Headers): Headers {
+export function clientResponseHeaders(upstream: Headers, decoded: boolean): Headers {
   const named = connectionScoped(upstream);
   const out = new Headers();
   for (const [name, value] of upstream) {
     if (RESPONSE_DROPPED.has(name) || named.includes(name)) continue;
+    // A body the upstream client decoded is plain; an encoding it could not undo stays labelled.
+    if (decoded && name === "content-encoding") continue;
     if (name.startsWith("access-control-")) continue;
     out.append(name, value);
   }

@@ -20,6 +20,8 @@ const key = await Deno.readTextFile(new URL("key.pem", TLS));
 const ca = await Deno.readTextFile(new URL("ca.pem", TLS));
 
 const answer = JSON.stringify(openaiCompletion("gpt-4o", "Hello over TLS"));
+/** Stand-in bytes labelled with an encoding neither upstream client undoes. */
+const ZSTD_BYTES = new Uint8Array([0x28, 0xb5, 0x2f, 0xfd, 1, 2, 3, 250, 251, 252]);
 const chunks = openaiStreamChunks("gpt-4o", { text: "Hello over TLS", events: 4 });
 
 async function gzip(text: string): Promise<Uint8Array<ArrayBuffer>> {
@@ -43,6 +45,11 @@ function startTlsProvider(redirectTo?: string) {
       }
       if (body.stream) {
         return new Response(chunks.join(""), { headers: { ...sseHeaders } });
+      }
+      if (body.messages?.[0]?.content === "zstd") {
+        return new Response(ZSTD_BYTES, {
+          headers: { "content-type": "application/json", "content-encoding": "zstd" },
+        });
       }
       if (body.messages?.[0]?.content === "gzip") {
         return new Response(await gzip(answer), {
@@ -272,4 +279,25 @@ Deno.test("an https provider's redirect is its answer: the router neither follow
     await tls.close();
     await elsewhere.close();
   }
+});
+
+Deno.test("an encoding the router cannot undo passes through with its header, over http and https", async () => {
+  const tls = startTlsProvider();
+  const plain = startMockUpstream(() => ({
+    body: ZSTD_BYTES,
+    headers: { "content-type": "application/json", "content-encoding": "zstd" },
+  }));
+  for (const url of [tls.url, plain.url]) {
+    const router = startRouter({ providers: [provider("p", "openai", url)] }, { caCerts: [ca] });
+    try {
+      const response = await post(router.url, chat("zstd"));
+      assert.equal(response.status, 200);
+      assert.equal(response.headers.get("content-encoding"), "zstd", url);
+      assert.deepEqual(new Uint8Array(await response.arrayBuffer()), ZSTD_BYTES);
+    } finally {
+      await router.close();
+    }
+  }
+  await plain.close();
+  await tls.close();
 });
