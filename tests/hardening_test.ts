@@ -7,7 +7,7 @@ import { SseFramer } from "../src/sse.ts";
 import { Stats } from "../src/stats.ts";
 import type { RequestRecord } from "../src/record.ts";
 import { openaiStreamChunks, sseHeaders, startMockUpstream } from "../tools/mock_upstream.ts";
-import { provider, startRouter } from "./harness.ts";
+import { provider, rawServer, startRouter } from "./harness.ts";
 
 const chat = (model: string, extra: object = {}) =>
   JSON.stringify({ model, messages: [{ role: "user", content: "Hi" }], ...extra });
@@ -38,24 +38,12 @@ Deno.test("a model named like an Object prototype member is just a model name", 
   await mock.close();
 });
 
-/** A raw HTTP/1.1 server answering every request with `status`, which Deno.serve cannot send. */
+/** A server answering every request with `status`, which Deno.serve cannot send. */
 function rawStatusServer(status: number): { url: string; close(): void } {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const body = '{"error":{"message":"odd"}}';
-  (async () => {
-    for await (const conn of listener) {
-      (async () => {
-        const buffer = new Uint8Array(64 * 1024);
-        await conn.read(buffer).catch(() => null);
-        const head = `HTTP/1.1 ${status} Odd\r\ncontent-type: application/json\r\n` +
-          `content-length: ${body.length}\r\nconnection: close\r\n\r\n`;
-        await conn.write(new TextEncoder().encode(head + body)).catch(() => 0);
-        conn.close();
-      })();
-    }
-  })().catch(() => {});
-  const { port } = listener.addr as Deno.NetAddr;
-  return { url: `http://127.0.0.1:${port}`, close: () => listener.close() };
+  const head = `HTTP/1.1 ${status} Odd\r\ncontent-type: application/json\r\n` +
+    `content-length: ${body.length}\r\nconnection: close\r\n\r\n`;
+  return rawServer(head, body);
 }
 
 Deno.test("a status a Response cannot carry counts as a failed attempt, not a crash", async () => {

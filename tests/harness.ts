@@ -207,3 +207,22 @@ export async function runRouter(
     stderr: decoder.decode(output.stderr),
   };
 }
+
+/**
+ * A raw HTTP/1.1 server answering every request with `head` and `body`, then closing: for what
+ * Deno.serve cannot send (odd statuses, reason phrases, upgrades).
+ */
+export function rawServer(head: string, body = ""): { url: string; close(): void } {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  (async () => {
+    for await (const conn of listener) {
+      (async () => {
+        await conn.read(new Uint8Array(64 * 1024)).catch(() => null);
+        await conn.write(new TextEncoder().encode(head + body)).catch(() => 0);
+        conn.close();
+      })();
+    }
+  })().catch(() => {});
+  const { port } = listener.addr as Deno.NetAddr;
+  return { url: `http://127.0.0.1:${port}`, close: () => listener.close() };
+}

@@ -449,14 +449,13 @@ Deno.test("stop() aborts a stream still running after grace_ms, ends it with an 
   }
 });
 
-Deno.test("stop() returns as soon as in-flight requests finish within grace_ms, and refuses new ones", async () => {
-  const chunks = streamChunks("anthropic", 4);
-  const mock = startMockUpstream(() => ({ headers: { ...sseHeaders }, chunks, chunkDelayMs: 40 }));
+/** A router in front of one Anthropic mock, with its log in a fresh directory, to be stopped. */
+async function startStoppable(mockUrl: string, graceMs: number) {
   const logDir = await Deno.makeTempDir();
   const config = parseConfig(
     JSON.stringify({
-      providers: [provider("a", "anthropic", mock.url)],
-      shutdown: { grace_ms: 3000 },
+      providers: [provider("a", "anthropic", mockUrl)],
+      shutdown: { grace_ms: graceMs },
     }),
     () => undefined,
   );
@@ -467,7 +466,13 @@ Deno.test("stop() returns as soon as in-flight requests finish within grace_ms, 
     ops: { log() {} },
     onListen() {},
   });
-  const url = `http://127.0.0.1:${server.port}`;
+  return { server, logDir, url: `http://127.0.0.1:${server.port}` };
+}
+
+Deno.test("stop() returns as soon as in-flight requests finish within grace_ms, and refuses new ones", async () => {
+  const chunks = streamChunks("anthropic", 4);
+  const mock = startMockUpstream(() => ({ headers: { ...sseHeaders }, chunks, chunkDelayMs: 40 }));
+  const { server, logDir, url } = await startStoppable(mock.url, 3000);
   try {
     const response = await post(url, "anthropic", { stream: true });
     const reading = readUntilEnd(response);
@@ -682,22 +687,7 @@ Deno.test("--watch-config picks up a changed config file without SIGHUP", async 
 
 Deno.test("a client still sending its body when the router stops gets 503 shutting_down, and a record", async () => {
   const mock = startMockUpstream();
-  const logDir = await Deno.makeTempDir();
-  const config = parseConfig(
-    JSON.stringify({
-      providers: [provider("a", "anthropic", mock.url)],
-      shutdown: { grace_ms: 2000 },
-    }),
-    () => undefined,
-  );
-  const server = startServer(config, {
-    host: "127.0.0.1",
-    port: 0,
-    logDir,
-    ops: { log() {} },
-    onListen() {},
-  });
-  const url = `http://127.0.0.1:${server.port}`;
+  const { server, logDir, url } = await startStoppable(mock.url, 2000);
   try {
     // Half a body, then nothing: the client is still sending when the router stops.
     let upload!: ReadableStreamDefaultController<Uint8Array>;

@@ -11,7 +11,7 @@ import {
   sseHeaders,
   startMockUpstream,
 } from "../tools/mock_upstream.ts";
-import { provider, startRouter } from "./harness.ts";
+import { provider, rawServer, startRouter } from "./harness.ts";
 
 const TLS = new URL("./fixtures/tls/", import.meta.url);
 const cert = await Deno.readTextFile(new URL("cert.pem", TLS));
@@ -187,22 +187,6 @@ Deno.test("a request aborted on a pooled http connection is not sent to the prov
     await mock.close();
   }
 });
-
-/** A raw HTTP/1.1 server answering every request with `head` and `body`, then closing. */
-function rawServer(head: string, body = ""): { url: string; close(): void } {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  (async () => {
-    for await (const conn of listener) {
-      (async () => {
-        await conn.read(new Uint8Array(64 * 1024)).catch(() => null);
-        await conn.write(new TextEncoder().encode(head + body)).catch(() => 0);
-        conn.close();
-      })();
-    }
-  })().catch(() => {});
-  const { port } = listener.addr as Deno.NetAddr;
-  return { url: `http://127.0.0.1:${port}`, close: () => listener.close() };
-}
 
 Deno.test("a reason phrase with control bytes still reaches the client as the provider's answer", async () => {
   const body = JSON.stringify(openaiCompletion("gpt-4o", "odd phrase"));
