@@ -1,3 +1,4 @@
+import { concatBytes } from "./bytes.ts";
 import { asObject, type JsonObject, parseBody } from "./json.ts";
 import type { Deadline, InFlight } from "./upstream.ts";
 
@@ -78,13 +79,7 @@ async function readLimited(
   } finally {
     deadlines.delete(deadline);
   }
-  const bytes = new Uint8Array(size);
-  let at = 0;
-  for (const part of parts) {
-    bytes.set(part, at);
-    at += part.length;
-  }
-  return bytes;
+  return concatBytes(parts);
 }
 
 function isJsonType(contentType: string | null): boolean {

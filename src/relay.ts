@@ -1,4 +1,5 @@
 import type { AttemptError } from "./attempt.ts";
+import { concatBytes } from "./bytes.ts";
 import { asObject, type JsonObject, parseBody, tryParseJson } from "./json.ts";
 import type { Dialect, EventFilter, EventRole, StreamAssembler } from "./providers/mod.ts";
 import { type Framed, SseEventReader, SseFramer } from "./sse.ts";
@@ -430,17 +431,4 @@ export function relayPlainBody(
       await reader.cancel().catch(() => {});
     },
   });
-}
-
-function concatBytes(parts: Uint8Array[]): Uint8Array<ArrayBuffer> {
-  if (parts.length === 1 && parts[0].buffer instanceof ArrayBuffer) {
-    return parts[0] as Uint8Array<ArrayBuffer>;
-  }
-  const out = new Uint8Array(parts.reduce((sum, part) => sum + part.length, 0));
-  let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.length;
-  }
-  return out;
 }

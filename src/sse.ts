@@ -1,4 +1,5 @@
 import { createParser, type EventSourceMessage, type EventSourceParser } from "eventsource-parser";
+import { concatBytes } from "./bytes.ts";
 
 const LF = 0x0a;
 const CR = 0x0d;
@@ -78,13 +79,7 @@ export class SseFramer {
   }
 
   #take(tail: Uint8Array): Uint8Array {
-    const out = new Uint8Array(this.#carryLength + tail.length);
-    let at = 0;
-    for (const part of this.#carry) {
-      out.set(part, at);
-      at += part.length;
-    }
-    out.set(tail, at);
+    const out = concatBytes([...this.#carry, tail]);
     this.#carry = [];
     this.#carryLength = 0;
     return out;

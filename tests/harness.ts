@@ -1,4 +1,5 @@
 import { createHandler } from "../src/app.ts";
+import { concatBytes } from "../src/bytes.ts";
 import { createHttpClient } from "../src/http_client.ts";
 import { InFlight } from "../src/upstream.ts";
 import { type Config, parseConfig } from "../src/config.ts";
@@ -113,14 +114,9 @@ const encoder = new TextEncoder();
 
 /** The parts one after another as bytes; strings are encoded as UTF-8. */
 export function concat(parts: (string | Uint8Array)[]): Uint8Array<ArrayBuffer> {
-  const bytes = parts.map((part) => typeof part === "string" ? encoder.encode(part) : part);
-  const out = new Uint8Array(bytes.reduce((sum, part) => sum + part.length, 0));
-  let at = 0;
-  for (const part of bytes) {
-    out.set(part, at);
-    at += part.length;
-  }
-  return out;
+  return concatBytes(
+    parts.map((part) => typeof part === "string" ? encoder.encode(part) : part),
+  );
 }
 
 // Spawned router processes: `main.ts` run by a child deno, from the project root.
