@@ -133,19 +133,20 @@ function nodeHttpClient(): UpstreamClient & { close(): void } {
         }
         settled = true;
         const status = incoming.statusCode ?? 0;
+        const headers = headersOf(incoming.rawHeaders);
+        const format = decompression(encodingOf(headers));
         if (NO_BODY_STATUSES.has(status)) {
           incoming.resume();
           done();
         } else {
-          body = new BodyFeed(incoming, outgoing, done);
+          body = new BodyFeed(incoming, outgoing, format, done);
         }
-        const headers = headersOf(incoming.rawHeaders);
         resolve({
           status,
           statusText: incoming.statusMessage ?? "",
           headers,
           body: body?.stream ?? null,
-          decoded: body !== null && decompression(encodingOf(headers)) !== null,
+          decoded: body !== null && format !== null,
         });
       });
       outgoing.end(request.body);
@@ -184,7 +185,13 @@ class BodyFeed {
   #finished = false;
   #done: () => void;
 
-  constructor(incoming: http.IncomingMessage, outgoing: http.ClientRequest, done: () => void) {
+  /** `format` undoes the body's content encoding; null leaves the bytes as they came. */
+  constructor(
+    incoming: http.IncomingMessage,
+    outgoing: http.ClientRequest,
+    format: CompressionFormat | null,
+    done: () => void,
+  ) {
     this.#done = done;
     const raw = new ReadableStream({
       type: "bytes",
@@ -199,7 +206,6 @@ class BodyFeed {
         outgoing.destroy();
       },
     }, { highWaterMark: READ_AHEAD_BYTES });
-    const format = decompression((incoming.headers["content-encoding"] ?? "").trim().toLowerCase());
     this.stream = format === null ? raw : raw.pipeThrough(new DecompressionStream(format));
     incoming.on("data", (chunk: Uint8Array) => {
       if (this.#finished) return;

@@ -209,7 +209,7 @@ export class AttemptSignal implements Deadline {
       : due === this.#deadline
       ? "total"
       : "idle";
-    this.#finish();
+    this.finish();
     if (!this.signal.aborted) {
       this.#controller.abort(new DOMException(`${name} timeout`, "TimeoutError"));
     }
@@ -233,21 +233,19 @@ export class AttemptSignal implements Deadline {
     this.#registry.checkBy(this.#readSince + this.#idleMs);
   }
 
-  /** The attempt is over: its timeouts and its interest in the client's signal end. */
-  #finish(): void {
+  /**
+   * Ends the attempt: its timeouts and its interest in the client's signal end. Enough alone for
+   * an answer read to its end, where nothing is left to abort.
+   */
+  finish(): void {
     this.#registry.delete(this);
     this.#client.removeEventListener("abort", this.#onClientAbort);
   }
 
   /** Ends the attempt and aborts whatever of it is still running. */
   abandon(reason = "Attempt abandoned"): void {
-    this.#finish();
+    this.finish();
     if (!this.signal.aborted) this.#controller.abort(new DOMException(reason, "AbortError"));
-  }
-
-  /** Ends an attempt whose answer has been read to its end; nothing is left to abort. */
-  finish(): void {
-    this.#finish();
   }
 
   /** Which timeout ended the attempt, if one did. */
