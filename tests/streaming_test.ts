@@ -136,6 +136,32 @@ async function lastRecord(router: RunningRouter, count = 1): Promise<RequestReco
   return records[count - 1];
 }
 
+/** The official clients pointed at the router, with their own retries off. */
+function openaiClient(router: RunningRouter): OpenAI {
+  return new OpenAI({ apiKey: "sk-client", baseURL: `${router.url}/openai`, maxRetries: 0 });
+}
+
+function anthropicClient(router: RunningRouter): Anthropic {
+  return new Anthropic({ apiKey: "sk-client", baseURL: `${router.url}/anthropic`, maxRetries: 0 });
+}
+
+/** The Anthropic SDK reading a stream through the router raises an APIError of `type`. */
+async function assertAnthropicStreamFails(router: RunningRouter, type: string): Promise<void> {
+  await assert.rejects(async () => {
+    const stream = await anthropicClient(router).messages.create({
+      model: "claude-mock-1",
+      max_tokens: 64,
+      messages: [{ role: "user", content: "Hi" }],
+      stream: true,
+    });
+    for await (const _ of stream) { /* drain */ }
+  }, (error: unknown) => {
+    assert.ok(error instanceof Anthropic.APIError, String(error));
+    assert.equal(error.type, type);
+    return true;
+  });
+}
+
 function attemptsOf(record: RequestRecord): [string, number | null, string | null][] {
   return record.attempts.map((a) => [a.provider, a.status, a.error]);
 }
@@ -228,11 +254,7 @@ Deno.test("OpenAI SDK streams through the router and the record has usage and th
     "openai",
     [{ reply: sse(awkwardChunks(bytes), { chunkDelayMs: 1 }) }],
     async (router, [a]) => {
-      const client = new OpenAI({
-        apiKey: "sk-client",
-        baseURL: `${router.url}/openai`,
-        maxRetries: 0,
-      });
+      const client = openaiClient(router);
       const stream = await client.chat.completions.create({
         model: "gpt-4o",
         messages: [{ role: "user", content: "Say bonjour" }],
@@ -292,11 +314,7 @@ Deno.test("OpenAI SDK streams through the router and the record has usage and th
 Deno.test("OpenAI SDK streams tool calls through the router and the record reassembles them", async () => {
   const bytes = await fixture("openai_chat_stream_tool_calls.sse");
   await withProviders("openai", [{ reply: sse(awkwardChunks(bytes)) }], async (router) => {
-    const client = new OpenAI({
-      apiKey: "sk-client",
-      baseURL: `${router.url}/openai`,
-      maxRetries: 0,
-    });
+    const client = openaiClient(router);
     const stream = await client.chat.completions.create({
       model: "gpt-4o",
       messages: [{ role: "user", content: "Weather and time in Paris?" }],
@@ -342,11 +360,7 @@ Deno.test("Anthropic SDK messages.create stream works through the router and the
     "anthropic",
     [{ reply: sse(awkwardChunks(bytes), { chunkDelayMs: 1 }) }],
     async (router) => {
-      const client = new Anthropic({
-        apiKey: "sk-client",
-        baseURL: `${router.url}/anthropic`,
-        maxRetries: 0,
-      });
+      const client = anthropicClient(router);
       const stream = await client.messages.create({
         model: "claude-mock-1",
         max_tokens: 64,
@@ -388,11 +402,7 @@ Deno.test("Anthropic SDK messages.create stream works through the router and the
 Deno.test("Anthropic SDK messages.stream with thinking and tool use works and the record reassembles it", async () => {
   const bytes = await fixture("anthropic_messages_stream_tool_use.sse");
   await withProviders("anthropic", [{ reply: sse(awkwardChunks(bytes)) }], async (router) => {
-    const client = new Anthropic({
-      apiKey: "sk-client",
-      baseURL: `${router.url}/anthropic`,
-      maxRetries: 0,
-    });
+    const client = anthropicClient(router);
     let text = "";
     const stream = client.messages.stream({
       model: "claude-mock-1",
@@ -573,24 +583,7 @@ Deno.test("anthropic: the last provider's message_start and error event reach th
     assert.deepEqual(attemptsOf(record), [["a", 200, "error_event"]]);
     assert.equal(record.provider, "a");
 
-    const client = new Anthropic({
-      apiKey: "sk-client",
-      baseURL: `${router.url}/anthropic`,
-      maxRetries: 0,
-    });
-    await assert.rejects(async () => {
-      const stream = await client.messages.create({
-        model: "claude-mock-1",
-        max_tokens: 64,
-        messages: [{ role: "user", content: "Hi" }],
-        stream: true,
-      });
-      for await (const _ of stream) { /* drain */ }
-    }, (error: unknown) => {
-      assert.ok(error instanceof Anthropic.APIError, String(error));
-      assert.equal(error.type, "overloaded_error");
-      return true;
-    });
+    await assertAnthropicStreamFails(router, "overloaded_error");
     await lastRecord(router, 2);
   });
 });
@@ -604,11 +597,7 @@ Deno.test("openai: the last provider's role chunk and error chunk reach the clie
     const record = await lastRecord(router);
     assert.deepEqual(attemptsOf(record), [["a", 200, "error_event"]]);
 
-    const client = new OpenAI({
-      apiKey: "sk-client",
-      baseURL: `${router.url}/openai`,
-      maxRetries: 0,
-    });
+    const client = openaiClient(router);
     await assert.rejects(async () => {
       const stream = await client.chat.completions.create({
         model: "gpt-4o",
@@ -749,11 +738,7 @@ for (const api of ["openai", "anthropic"] as const) {
           assert.equal(b.requests.length, 0);
 
           if (api === "openai") {
-            const client = new OpenAI({
-              apiKey: "sk-client",
-              baseURL: `${router.url}/openai`,
-              maxRetries: 0,
-            });
+            const client = openaiClient(router);
             let text = "";
             await assert.rejects(async () => {
               const stream = await client.chat.completions.create({
@@ -765,24 +750,7 @@ for (const api of ["openai", "anthropic"] as const) {
             }, OpenAI.APIError);
             assert.ok(text.startsWith("Bonjour"));
           } else {
-            const client = new Anthropic({
-              apiKey: "sk-client",
-              baseURL: `${router.url}/anthropic`,
-              maxRetries: 0,
-            });
-            await assert.rejects(async () => {
-              const stream = await client.messages.create({
-                model: "claude-mock-1",
-                max_tokens: 64,
-                messages: [{ role: "user", content: "Hi" }],
-                stream: true,
-              });
-              for await (const _ of stream) { /* drain */ }
-            }, (error: unknown) => {
-              assert.ok(error instanceof Anthropic.APIError, String(error));
-              assert.equal(error.type, "api_error");
-              return true;
-            });
+            await assertAnthropicStreamFails(router, "api_error");
           }
           await lastRecord(router, 2);
         },
