@@ -39,6 +39,7 @@ async function readLimited(
   const declared = Number(request.headers.get("content-length") ?? NaN);
   if (declared > limit) return null;
   if (request.body === null) return new Uint8Array(0);
+  if (declared <= limit) return readDeclared(request, deadlineMs, deadlines);
   const parts: Uint8Array[] = [];
   let size = 0;
   const reader = request.body.getReader();
@@ -80,6 +81,31 @@ async function readLimited(
     deadlines.delete(deadline);
   }
   return concatBytes(parts);
+}
+
+/**
+ * A body of declared length within the limit (HTTP framing keeps it to that length) is read in
+ * one piece, which costs far less than reading it through a stream. The read cannot be cancelled:
+ * a deadline or a shutdown settles the result without it.
+ */
+function readDeclared(
+  request: Request,
+  deadlineMs: number,
+  deadlines: InFlight,
+): Promise<Uint8Array<ArrayBuffer> | typeof TIMED_OUT | typeof STOPPING> {
+  return new Promise((resolve, reject) => {
+    const due = deadlines.now() + deadlineMs;
+    const deadline: Deadline = {
+      check(now) {
+        if (now < due) return due;
+        resolve(TIMED_OUT);
+        return Infinity;
+      },
+      abandon: () => resolve(STOPPING),
+    };
+    deadlines.add(deadline, due);
+    request.bytes().then(resolve, reject).finally(() => deadlines.delete(deadline));
+  });
 }
 
 function isJsonType(contentType: string | null): boolean {

@@ -721,3 +721,35 @@ Deno.test("a client still sending its body when the router stops gets 503 shutti
     await Deno.remove(logDir, { recursive: true });
   }
 });
+
+Deno.test("a body of declared length still arriving when the router stops gets 503 shutting_down", async () => {
+  const mock = startMockUpstream();
+  const { server, logDir, url } = await startStoppable(mock.url, 2000);
+  const { hostname, port } = new URL(url);
+  const conn = await Deno.connect({ hostname, port: Number(port) });
+  try {
+    const head = "POST /anthropic/v1/messages HTTP/1.1\r\nhost: x\r\n" +
+      "content-type: application/json\r\ncontent-length: 100\r\n\r\n" + '{"model":"claude-x",';
+    await conn.write(new TextEncoder().encode(head));
+    await sleep(50);
+    const stopped = server.stop();
+    const buffer = new Uint8Array(4096);
+    const read = await within(conn.read(buffer), "the response", 3000);
+    const answer = new TextDecoder().decode(buffer.subarray(0, read ?? 0));
+    assert.match(answer, /^HTTP\/1.1 503 /);
+    assert.match(answer, /shutting down/);
+    conn.close();
+    await within(stopped, "stop()", 3000);
+    const [record] = await records(logDir);
+    assert.equal(record.error?.type, "shutting_down");
+    assert.equal(mock.requests.length, 0);
+  } finally {
+    try {
+      conn.close();
+    } catch {
+      // Closed above.
+    }
+    await mock.close();
+    await Deno.remove(logDir, { recursive: true });
+  }
+});
