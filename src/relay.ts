@@ -69,6 +69,8 @@ export class SseRelay {
   #filter: EventFilter | null;
   #onReading: (pending: boolean) => void;
   #forwarded = 0;
+  /** Events already queued for the client whose data the tap has yet to read. */
+  #untapped: { framed: Framed; next: number; from: number } | null = null;
 
   /**
    * `filter`, when given, may rewrite or drop each event after the tap has read it;
@@ -122,6 +124,12 @@ export class SseRelay {
     return new ReadableStream({
       type: "bytes",
       pull: async (controller) => {
+        try {
+          this.#tap();
+        } catch (error) {
+          this.#endWithError(controller, hooks, "stream_interrupted", String(error));
+          return;
+        }
         for (;;) {
           if (this.#ready.length > 0) {
             this.#flush(controller, hooks);
@@ -139,7 +147,7 @@ export class SseRelay {
             return;
           }
           try {
-            this.#ingest(this.#framer.push(result.value));
+            this.#pass(this.#framer.push(result.value));
           } catch (error) {
             this.#endWithError(controller, hooks, "stream_interrupted", String(error));
             return;
@@ -174,6 +182,40 @@ export class SseRelay {
     return decisive;
   }
 
+  /**
+   * Queues framed bytes for the client after commit. Past the first output event (the commit
+   * point of a last candidate), the tap reads the events only once the bytes have gone out, at
+   * the next pull: a chunk of many events reaches the client without waiting for their parsing.
+   */
+  #pass(framed: Framed | null): void {
+    if (framed === null) return;
+    if (this.#filter !== null) {
+      this.#ingest(framed);
+      return;
+    }
+    this.#untapped = { framed, next: 0, from: 0 };
+    if (!this.#sawOutput) this.#tap(true);
+    // The client's stream takes over the buffer it is given, so what the tap has yet to read
+    // goes out as a copy.
+    this.#queue(this.#untapped === null ? framed.bytes : framed.bytes.slice());
+  }
+
+  /** Folds in the queued events the tap has not read, all of them or up to the first output. */
+  #tap(untilOutput = false): void {
+    const untapped = this.#untapped;
+    if (untapped === null) return;
+    const { bytes, ends } = untapped.framed;
+    while (untapped.next < ends.length) {
+      const end = ends[untapped.next++];
+      for (const event of this.#events.read(bytes.subarray(untapped.from, end))) {
+        this.#fold(event.data, this.#assembler.add(event));
+      }
+      untapped.from = end;
+      if (untilOutput && this.#sawOutput) return;
+    }
+    this.#untapped = null;
+  }
+
   #flush(controller: ReadableByteStreamController, hooks: RelayHooks): void {
     for (const bytes of this.#ready) enqueueOwned(controller, bytes);
     this.#forwarded += this.#readyBytes;
@@ -203,6 +245,7 @@ export class SseRelay {
    * would put that event mid-line.
    */
   #ingestRest(): EventRole {
+    this.#tap();
     const rest = this.#framer.flush();
     if (rest === null) return "hold";
     let decisive: EventRole = "hold";
@@ -245,6 +288,11 @@ export class SseRelay {
   }
 
   #summary(error: AttemptError | null, message: string | null): RelayEnd {
+    try {
+      this.#tap();
+    } catch {
+      // The end is being reported already; the tap keeps what it read.
+    }
     return {
       error,
       message,
