@@ -14,6 +14,12 @@ export interface Throughput {
 export interface LoadRequest {
   url: string;
   body: string;
+  /** Sent with every request, besides `content-type: application/json`. */
+  headers?: Record<string, string>;
+}
+
+function headersOf(request: LoadRequest): Record<string, string> {
+  return { "content-type": "application/json", ...request.headers };
 }
 
 export function hasWrk(): boolean {
@@ -41,10 +47,13 @@ async function wrk(
   const dir = await Deno.makeTempDir();
   const script = `${dir}/post.lua`;
   await Deno.writeTextFile(`${dir}/body.json`, request.body);
+  // A JSON string of ASCII is a valid Lua string literal.
+  const headers = Object.entries(headersOf(request))
+    .map(([name, value]) => `wrk.headers[${JSON.stringify(name)}] = ${JSON.stringify(value)}\n`);
   await Deno.writeTextFile(
     script,
     `local f = io.open("${dir}/body.json", "rb")\nwrk.method = "POST"\nwrk.body = f:read("*a")\n` +
-      `f:close()\nwrk.headers["Content-Type"] = "application/json"\n`,
+      `f:close()\n${headers.join("")}`,
   );
   const output = await new Deno.Command("wrk", {
     args: ["-t2", `-c${connections}`, `-d${seconds}s`, "--latency", "-s", script, request.url],
@@ -74,7 +83,7 @@ async function autocannon(
     url: request.url,
     method: "POST",
     body: request.body,
-    headers: { "content-type": "application/json" },
+    headers: headersOf(request),
     connections,
     duration: seconds,
   });
@@ -98,10 +107,10 @@ function percentile(sorted: number[], q: number): number | null {
   return sorted.length === 0 ? null : sorted[Math.max(0, Math.ceil(q * sorted.length) - 1)];
 }
 
-async function post(request: LoadRequest): Promise<Response> {
+export async function post(request: LoadRequest): Promise<Response> {
   return await fetch(request.url, {
     method: "POST",
-    headers: { "content-type": "application/json" },
+    headers: headersOf(request),
     body: request.body,
   });
 }

@@ -3,34 +3,39 @@
  * logging on), each in its own process on loopback, driven side by side in one run, targets
  * alternating. Prints one Markdown table and writes JSON under bench/results/. Ratios to the
  * bare proxy are the figures to read: the machine's speed drifts, the ratios hold.
- * `--quick` shortens every scenario for a smoke run.
+ * `--quick` shortens every scenario for a smoke run; `--with nginx,portkey` adds those proxies
+ * (bench/extra_proxies.ts) as further columns when they are installed.
  */
 import { parseArgs } from "node:util";
-import {
-  concurrentStreams,
-  firstByte,
-  hasWrk,
-  type LoadRequest,
-  openLoop,
-  sequential,
-  throughput,
-} from "./load.ts";
+import { concurrentStreams, firstByte, hasWrk, openLoop, sequential, throughput } from "./load.ts";
+import { type ExtraName, extraNames, startExtras, type Target } from "./extra_proxies.ts";
 
-const { values } = parseArgs({ args: Deno.args, options: { quick: { type: "boolean" } } });
+const { values } = parseArgs({
+  args: Deno.args,
+  options: { quick: { type: "boolean" }, with: { type: "string" } },
+});
 const quick = values.quick === true;
+const wanted = (values.with ?? "").split(",").map((name) => name.trim()).filter((name) => name);
+for (const name of wanted) {
+  if (!(extraNames as readonly string[]).includes(name)) {
+    console.error(`--with: unknown proxy "${name}"; known: ${extraNames.join(", ")}`);
+    Deno.exit(2);
+  }
+}
 const SECONDS = quick ? 2 : 5;
 const ROUNDS = quick ? 1 : 2;
 const root = new URL("..", import.meta.url).pathname;
 const work = await Deno.makeTempDir({ prefix: "llm-router-bench-" });
 
-interface Proc {
+interface Proc extends Target {
   url: string;
-  pid: number;
-  stop(): Promise<void>;
 }
 
-/** Starts a Deno program and waits for its `listening on URL` line. */
-async function start(args: string[]): Promise<Proc> {
+/**
+ * Starts a Deno program and waits for its `listening on URL` line; it takes OpenAI chat
+ * completions at `chatPath`.
+ */
+async function start(args: string[], chatPath: string): Promise<Proc> {
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", ...args],
     cwd: root,
@@ -53,6 +58,7 @@ async function start(args: string[]): Promise<Proc> {
   return {
     url,
     pid: child.pid,
+    request: (body) => ({ url: `${url}${chatPath}`, body }),
     async stop() {
       child.kill("SIGTERM");
       await child.status;
@@ -61,11 +67,17 @@ async function start(args: string[]): Promise<Proc> {
 }
 
 function mock(extra: string[] = []): Promise<Proc> {
-  return start(["--allow-net", "tools/mock_upstream.ts", "--port", "0", ...extra]);
+  return start(
+    ["--allow-net", "tools/mock_upstream.ts", "--port", "0", ...extra],
+    "/v1/chat/completions",
+  );
 }
 
 function bare(upstream: Proc): Promise<Proc> {
-  return start(["--allow-net", "bench/bare_proxy.ts", "--upstream", upstream.url]);
+  return start(
+    ["--allow-net", "bench/bare_proxy.ts", "--upstream", upstream.url],
+    "/openai/chat/completions",
+  );
 }
 
 async function router(upstream: Proc, logging = true): Promise<Proc> {
@@ -92,7 +104,7 @@ async function router(upstream: Proc, logging = true): Promise<Proc> {
     `${work}/${name}-logs`,
     "--log-level",
     "warn",
-  ]);
+  ], "/openai/chat/completions");
 }
 
 /** Resident memory of a process in MB (`ps`, since Deno reads /proc only with --allow-all). */
@@ -121,56 +133,47 @@ const chat = (stream: boolean, content = "Hello") =>
     messages: [{ role: "user", content }],
   });
 
-/** The URL a scenario calls on each kind of target for OpenAI chat completions. */
-function chatUrl(target: Proc, direct: boolean): string {
-  return direct ? `${target.url}/v1/chat/completions` : `${target.url}/openai/chat/completions`;
-}
+type Column = "direct" | "bare" | "router" | ExtraName;
+type Figures = Partial<Record<Column, number | null>>;
 
-interface Row {
-  scenario: string;
-  metric: string;
-  direct: number | null;
-  bare: number | null;
-  router: number | null;
-  /** What the router's figure is held to, in words. */
-  target: string;
-}
+/** `target` is what the router's figure is held to, in words. */
+type Row = { scenario: string; metric: string } & Figures & { target: string };
 
 const rows: Row[] = [];
 
-/** Runs `measure` against direct, bare and router, alternating, and keeps each one's mean. */
+/** Runs `measure` against each target, alternating, and keeps each one's mean. */
 async function sideBySide(
-  targets: { direct: Proc | null; bare: Proc; router: Proc },
-  measure: (url: string) => Promise<number | null>,
-  path: (target: Proc, direct: boolean) => string,
-): Promise<{ direct: number | null; bare: number | null; router: number | null }> {
-  const sums = { direct: [] as number[], bare: [] as number[], router: [] as number[] };
+  targets: Partial<Record<Column, Target>>,
+  measure: (target: Target) => Promise<number | null>,
+): Promise<Figures> {
+  const names = Object.keys(targets) as Column[];
+  const samples = new Map(names.map((name) => [name, [] as number[]]));
   for (let round = 0; round < ROUNDS; round++) {
-    const order = (["direct", "bare", "router"] as const).slice();
-    if (round % 2 === 1) order.reverse();
-    for (const name of order) {
-      const target = targets[name];
-      if (target === null) continue;
-      const value = await measure(path(target, name === "direct"));
-      if (value !== null) sums[name].push(value);
+    for (const name of round % 2 === 1 ? names.toReversed() : names) {
+      const value = await measure(targets[name]!);
+      if (value !== null) samples.get(name)!.push(value);
     }
   }
   const mean = (list: number[]) =>
     list.length === 0 ? null : list.reduce((a, b) => a + b, 0) / list.length;
-  return { direct: mean(sums.direct), bare: mean(sums.bare), router: mean(sums.router) };
+  return Object.fromEntries(names.map((name) => [name, mean(samples.get(name)!)]));
 }
 
 const fast = await mock(["--events", "51"]);
 const bareFast = await bare(fast);
 const routerFast = await router(fast);
-const targets = { direct: fast, bare: bareFast, router: routerFast };
-const req = (url: string, body: string): LoadRequest => ({ url, body });
+const extras = await startExtras(wanted as ExtraName[], fast.url, work);
+const targets: Partial<Record<Column, Target>> = {
+  direct: fast,
+  bare: bareFast,
+  router: routerFast,
+  ...Object.fromEntries(extras.map((extra) => [extra.name, extra.running])),
+};
 
 // (a) non-streaming, small body, 64 connections
 const a = await sideBySide(
   targets,
-  async (url) => (await throughput(req(url, chat(false)), 64, SECONDS)).rps,
-  chatUrl,
+  async (target) => (await throughput(target.request(chat(false)), 64, SECONDS)).rps,
 );
 rows.push({ scenario: "a", metric: "non-streaming req/s, c=64", ...a, target: ">= 0.85x bare" });
 
@@ -178,8 +181,7 @@ rows.push({ scenario: "a", metric: "non-streaming req/s, c=64", ...a, target: ">
 for (const q of ["p50", "p99"] as const) {
   const b = await sideBySide(
     targets,
-    async (url) => (await openLoop(req(url, chat(false)), 200, SECONDS))[`${q}_ms`],
-    chatUrl,
+    async (target) => (await openLoop(target.request(chat(false)), 200, SECONDS))[`${q}_ms`],
   );
   const budget = q === "p50" ? "<= bare + 0.3 ms" : "<= bare + 2 ms";
   rows.push({ scenario: "b", metric: `open loop 200/s ${q} ms`, ...b, target: budget });
@@ -189,25 +191,22 @@ for (const q of ["p50", "p99"] as const) {
 const big = chat(false, "x".repeat(200 * 1024));
 const c = await sideBySide(
   targets,
-  async (url) => (await throughput(req(url, big), 16, SECONDS)).rps,
-  chatUrl,
+  async (target) => (await throughput(target.request(big), 16, SECONDS)).rps,
 );
 rows.push({ scenario: "c", metric: "200 KB bodies req/s, c=16", ...c, target: "-" });
 
 // (d) streaming, 54 events per response
 const d = await sideBySide(
   targets,
-  async (url) => (await throughput(req(url, chat(true)), 64, SECONDS)).rps,
-  chatUrl,
+  async (target) => (await throughput(target.request(chat(true)), 64, SECONDS)).rps,
 );
 rows.push({ scenario: "d", metric: "54-event streams req/s, c=64", ...d, target: ">= 0.8x bare" });
-const [ttfbDirect, ttfbBare, ttfbRouter] = await firstByte(
-  [chatUrl(fast, true), chatUrl(bareFast, false), chatUrl(routerFast, false)].map((url) =>
-    req(url, chat(true))
-  ),
+const ttfbTargets = Object.entries(targets);
+const ttfbTimes = await firstByte(
+  ttfbTargets.map(([, target]) => target.request(chat(true))),
   quick ? 100 : 500,
 );
-const ttfb = { direct: ttfbDirect, bare: ttfbBare, router: ttfbRouter };
+const ttfb = Object.fromEntries(ttfbTargets.map(([name], i) => [name, ttfbTimes[i]]));
 rows.push({
   scenario: "d",
   metric: "stream first byte ms, c=1",
@@ -218,9 +217,8 @@ rows.push({
 // (g) logging on versus off
 const routerQuiet = await router(fast, false);
 const g = await sideBySide(
-  { direct: null, bare: routerQuiet, router: routerFast },
-  async (url) => (await throughput(req(url, chat(false)), 64, SECONDS)).rps,
-  chatUrl,
+  { bare: routerQuiet, router: routerFast },
+  async (target) => (await throughput(target.request(chat(false)), 64, SECONDS)).rps,
 );
 rows.push({
   scenario: "g",
@@ -238,7 +236,7 @@ const checkpoint = total / 10;
 const freshRouter = await router(fast);
 let early = 0;
 let late = 0;
-await sequential(req(chatUrl(freshRouter, false), chat(false)), total, async (done) => {
+await sequential(freshRouter.request(chat(false)), total, async (done) => {
   if (done === checkpoint) early = await rss(freshRouter.pid);
   if (done === total) late = await rss(freshRouter.pid);
 });
@@ -251,14 +249,22 @@ rows.push({
   target: "<= 1.1x",
 });
 await freshRouter.stop();
-await Promise.all([bareFast.stop(), routerFast.stop()]);
+await Promise.all(
+  [bareFast, routerFast, ...extras.map((extra) => extra.running)].map((target) => target.stop()),
+);
 
 // (e) 1,000 concurrent slow streams: one event every 100 ms for 10 s
 const streams = quick ? 200 : 1000;
 const slow = await mock(["--events", quick ? "17" : "97", "--chunk-delay-ms", "100"]);
-const e: Record<string, number> = {};
-for (const [name, proxy] of [["bare", await bare(slow)], ["router", await router(slow)]] as const) {
-  const run = concurrentStreams(req(chatUrl(proxy, false), chat(true)), streams);
+const e: Figures = {};
+const slowStarts: [Column, () => Promise<Target>][] = [
+  ["bare", () => bare(slow)],
+  ["router", () => router(slow)],
+];
+for (const extra of extras) slowStarts.push([extra.name, () => extra.start(slow.url)]);
+for (const [name, startProxy] of slowStarts) {
+  const proxy = await startProxy();
+  const run = concurrentStreams(proxy.request(chat(true)), streams);
   e[name] = await peakRss(proxy.pid, run);
   const completed = await run;
   if (completed !== streams) console.error(`${name}: ${completed}/${streams} streams completed`);
@@ -268,24 +274,27 @@ rows.push({
   scenario: "e",
   metric: `peak RSS MB, ${streams} concurrent slow streams`,
   direct: null,
-  bare: e.bare,
-  router: e.router,
+  ...e,
   target: "< 150 MB",
 });
 await Promise.all([fast.stop(), slow.stop()]);
 
-const format = (value: number | null) => value === null ? "-" : value.toFixed(value < 10 ? 2 : 0);
+const format = (value: number | null | undefined) =>
+  value == null ? "-" : value.toFixed(value < 10 ? 2 : 0);
+const extraColumns = extras.map((extra) => extra.name);
+const columns: Column[] = ["direct", "bare", "router", ...extraColumns];
+const heads = ["direct", "bare proxy", "router", ...extraColumns];
 const lines = [
   `Load generator: ${hasWrk() ? "wrk" : "autocannon"}; ${SECONDS} s per measurement, ` +
   `${ROUNDS} round(s); ${Deno.build.os} ${Deno.build.arch}, ${navigator.hardwareConcurrency} CPUs, ` +
   `Deno ${Deno.version.deno}`,
   "",
-  "| scenario | metric | direct | bare proxy | router | router / bare | target |",
-  "| --- | --- | ---: | ---: | ---: | ---: | --- |",
+  `| scenario | metric | ${heads.join(" | ")} | router / bare | target |`,
+  `| --- | --- | ${heads.map(() => "---:").join(" | ")} | ---: | --- |`,
   ...rows.map((row) => {
-    const ratio = row.router !== null && row.bare ? (row.router / row.bare).toFixed(2) : "-";
-    return `| ${row.scenario} | ${row.metric} | ${format(row.direct)} | ${format(row.bare)} | ` +
-      `${format(row.router)} | ${ratio} | ${row.target} |`;
+    const ratio = row.router != null && row.bare ? (row.router / row.bare).toFixed(2) : "-";
+    const figures = columns.map((column) => format(row[column])).join(" | ");
+    return `| ${row.scenario} | ${row.metric} | ${figures} | ${ratio} | ${row.target} |`;
   }),
 ];
 console.log(lines.join("\n"));
