@@ -143,7 +143,6 @@ export async function openLoop(
   return { p50_ms: percentile(latencies, 0.5), p99_ms: percentile(latencies, 0.99), errors };
 }
 
-/** Time to the first body byte of a stream, one request at a time; the median of `n`. */
 /**
  * Median time to the first body byte at concurrency 1, for each of `requests`. The targets take
  * turns request by request, so a drift in the machine's speed reaches all of them alike; the

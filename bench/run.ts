@@ -170,6 +170,20 @@ const targets: Partial<Record<Column, Target>> = {
   ...Object.fromEntries(extras.map((extra) => [extra.name, extra.running])),
 };
 
+/**
+ * A few seconds of plain and streamed load on each target first, unmeasured: a long-running
+ * process is measured at its steady state, with its code compiled, not while it warms up.
+ */
+async function warmUp(targets: Target[]): Promise<void> {
+  for (const target of targets) {
+    for (const stream of [false, true]) {
+      await throughput(target.request(chat(stream)), 64, quick ? 1 : 3);
+    }
+  }
+}
+
+await warmUp(Object.values(targets));
+
 // (a) non-streaming, small body, 64 connections
 const a = await sideBySide(
   targets,
@@ -216,6 +230,7 @@ rows.push({
 
 // (g) logging on versus off
 const routerQuiet = await router(fast, false);
+await warmUp([routerQuiet]);
 const g = await sideBySide(
   { bare: routerQuiet, router: routerFast },
   async (target) => (await throughput(target.request(chat(false)), 64, SECONDS)).rps,

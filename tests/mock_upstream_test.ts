@@ -195,6 +195,23 @@ Deno.test("records every request in order, finished replies not counted as abort
   }
 });
 
+Deno.test("with record off, replies are still numbered but no request is kept", async () => {
+  const seen: number[] = [];
+  const upstream = startMockUpstream((_req, n) => {
+    seen.push(n);
+    return { body: "plain" };
+  }, { record: false });
+  try {
+    for (let i = 0; i < 3; i++) {
+      assert.equal(await (await post(upstream.url + "/a", { model: "one" })).text(), "plain");
+    }
+    assert.deepEqual(seen, [0, 1, 2]);
+    assert.equal(upstream.requests.length, 0);
+  } finally {
+    await upstream.close();
+  }
+});
+
 Deno.test("scripted chunks arrive in order after delayMs and chunkDelayMs", async () => {
   const upstream = startMockUpstream(() => ({
     delayMs: 60,

@@ -129,8 +129,15 @@ function respond(reply: MockReply, ex: Exchange): Response {
 /** Start a scripted upstream on loopback; port 0 (the default) picks a free port. */
 export function startMockUpstream(
   script: MockScript = defaultReply,
-  opts: { port?: number; hostname?: string } = {},
+  opts: {
+    port?: number;
+    hostname?: string;
+    /** Keep every request in `requests` (the default); a long-running mock leaves this off. */
+    record?: boolean;
+  } = {},
 ): MockUpstream {
+  const record = opts.record ?? true;
+  let count = 0;
   const closing = new AbortController();
   const waiters: (() => void)[] = [];
   let closed: Promise<void> | undefined;
@@ -156,7 +163,8 @@ export function startMockUpstream(
     const [{ method, headers }, { pathname: path, search }] = [req, new URL(req.url)];
     const body = new Uint8Array(bytes);
     const recorded: MockRequest = { method, path, search, headers, body, json: parseJson(body) };
-    const reply = await script(recorded, upstream.requests.push(recorded) - 1);
+    if (record) upstream.requests.push(recorded);
+    const reply = await script(recorded, count++);
     if (reply.delayMs || reply.hang === "headers") {
       // Only a wait before the headers needs request.signal: once read, Deno's legacy abort mode
       // fires it after every successful response too, and warns about that.
@@ -228,7 +236,7 @@ function main(args: string[]): void {
       ...(fail ? failureReply(req.path, failStatus) : defaultReply(req, n, { events })),
       ...timing,
     };
-  }, { port: num("port"), hostname: values.host });
+  }, { port: num("port"), hostname: values.host, record: false });
   console.log(`mock upstream listening on ${upstream.url}`);
   const stop = () => {
     Deno.removeSignalListener("SIGINT", stop);
