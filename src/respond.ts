@@ -89,14 +89,14 @@ export function commitResponse(
   record.provider = candidate.provider.name;
   record.upstream_model = candidate.model;
   record.status = upstream.status;
-  const headers = clientResponseHeaders(upstream.headers, upstream.decoded);
-  const upstreamRequestId = headers.get("x-request-id");
-  if (upstreamRequestId !== null) {
-    headers.set("x-llm-router-upstream-request-id", upstreamRequestId);
-  }
-  headers.set("x-request-id", record.request_id);
-  headers.set("x-llm-router-provider", candidate.provider.name);
-  headers.set("x-llm-router-attempts", String(record.attempts.length));
+  const own: Record<string, string> = {
+    "x-request-id": record.request_id,
+    "x-llm-router-provider": candidate.provider.name,
+    "x-llm-router-attempts": String(record.attempts.length),
+  };
+  const upstreamRequestId = upstream.headers.get("x-request-id");
+  if (upstreamRequestId !== null) own["x-llm-router-upstream-request-id"] = upstreamRequestId;
+  const headers = clientResponseHeaders(upstream.headers, upstream.decoded, own);
   const httpError = upstream.status >= 400;
   const hooks: RelayHooks = {
     onFirstByte: () => trace.markFirstByte(),

@@ -58,19 +58,26 @@ export function upstreamRequestHeaders(
 }
 
 /**
- * The provider's end-to-end response headers; the router's own are added by the caller. A
- * provider's CORS headers are dropped too: cross-origin access is the router's to grant.
+ * The provider's end-to-end response headers followed by the router's own (`own`, lower-case
+ * names, which take the place of any the provider sent under the same name), as the list a
+ * `Response` takes. A provider's CORS headers are dropped too: cross-origin access is the
+ * router's to grant.
  */
-export function clientResponseHeaders(upstream: Headers, decoded: boolean): Headers {
+export function clientResponseHeaders(
+  upstream: Headers,
+  decoded: boolean,
+  own: Record<string, string>,
+): [string, string][] {
   const named = connectionScoped(upstream);
-  const out = new Headers();
+  const out: [string, string][] = [];
   for (const [name, value] of upstream) {
-    if (RESPONSE_DROPPED.has(name) || named.includes(name)) continue;
+    if (RESPONSE_DROPPED.has(name) || named.includes(name) || Object.hasOwn(own, name)) continue;
     // A body the upstream client decoded is plain; an encoding it could not undo stays labelled.
     if (decoded && name === "content-encoding") continue;
     if (name.startsWith("access-control-")) continue;
-    out.append(name, value);
+    out.push([name, value]);
   }
+  for (const name in own) out.push([name, own[name]]);
   return out;
 }
 

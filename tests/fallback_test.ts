@@ -863,6 +863,8 @@ for (const api of APIS) {
         "openai-processing-ms": "412",
         "request-id": "req_upstream_anthropic",
         "x-request-id": "req_upstream_123",
+        // The router's own headers take the place of a provider's.
+        "x-llm-router-provider": "spoofed",
       },
     });
     const config = { providers: [provider("prov", api, mock.url)] };
