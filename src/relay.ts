@@ -184,8 +184,8 @@ export class SseRelay {
 
   /**
    * Queues framed bytes for the client after commit. Past the first output event (the commit
-   * point of a last candidate), the tap reads the events only once the bytes have gone out, at
-   * the next pull: a chunk of many events reaches the client without waiting for their parsing.
+   * point of a last candidate), the tap reads a chunk of several events only once its bytes have
+   * gone out, at the next pull: the client does not wait for their parsing.
    */
   #pass(framed: Framed | null): void {
     if (framed === null) return;
@@ -194,7 +194,8 @@ export class SseRelay {
       return;
     }
     this.#untapped = { framed, next: 0, from: 0 };
-    if (!this.#sawOutput) this.#tap(true);
+    // A lone event is read at once: there is nothing for it to wait behind.
+    if (!this.#sawOutput || framed.ends.length === 1) this.#tap(!this.#sawOutput);
     // The client's stream takes over the buffer it is given, so what the tap has yet to read
     // goes out as a copy.
     this.#queue(this.#untapped === null ? framed.bytes : framed.bytes.slice());
