@@ -1,5 +1,6 @@
 import { trace as otel } from "@opentelemetry/api";
 import type { Config } from "./config.ts";
+import { AfterResponse } from "./after_response.ts";
 import { Gate, presentedKeys } from "./auth.ts";
 import { createHttpClient } from "./http_client.ts";
 import { corsHeaders, preflight } from "./cors.ts";
@@ -23,6 +24,8 @@ const tracer = otel.getTracer("llm-api-router", VERSION);
 export interface AppDeps extends Partial<RouterDeps> {
   sink: RecordSink;
   stats?: Stats;
+  /** Where records wait for their answer to go out; the server flushes it when it stops. */
+  afterResponse?: AfterResponse;
 }
 
 function withAllow(response: Response, allow: string): Response {
@@ -53,6 +56,9 @@ export function createHandler(
     health: deps.health ?? new ProviderHealth(),
     inFlight: deps.inFlight ?? new InFlight(now),
   };
+  const afterResponse = deps.afterResponse ?? new AfterResponse((error) => {
+    console.error(`A finished request could not be recorded: ${error}`);
+  });
   const gates = new WeakMap<Config, Gate>();
   const gateFor = (current: Config) => {
     let gate = gates.get(current);
@@ -71,13 +77,16 @@ export function createHandler(
     const admission = { counted: false };
     const trace = new Trace(
       { requestId: crypto.randomUUID(), path: url.pathname, now: routerDeps.now },
-      (record) => {
+      (record, complete) => {
         if (admission.counted) inFlight--;
-        stats.add(record);
-        sink.write(record, secrets);
-        if (requestSpan === undefined) return;
-        annotateSpan(requestSpan, record);
-        requestSpan.end();
+        afterResponse.run(() => {
+          complete?.();
+          stats.add(record);
+          sink.write(record, secrets);
+          if (requestSpan === undefined) return;
+          annotateSpan(requestSpan, record);
+          requestSpan.end();
+        });
       },
     );
     trace.record.endpoint = dialect?.type ?? null;
@@ -185,6 +194,8 @@ export function createHandler(
     if (!open && gate.enabled && gate.identify(request.headers) === null) {
       return refuse(401, UNAUTHORIZED, "invalid_api_key");
     }
+    // The statistics include every request answered so far.
+    afterResponse.flush();
     return page({ config, stats, sink, health: routerDeps.health });
   }
 

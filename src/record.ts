@@ -42,12 +42,12 @@ export class Trace {
   readonly record: RequestRecord;
   #started: number;
   #now: () => number;
-  #onFinish: (record: RequestRecord) => void;
+  #onFinish: (record: RequestRecord, complete: (() => void) | undefined) => void;
   #finished = false;
 
   constructor(
     init: { requestId: string; path: string; now: () => number },
-    onFinish: (record: RequestRecord) => void,
+    onFinish: (record: RequestRecord, complete: (() => void) | undefined) => void,
   ) {
     this.#now = init.now;
     this.#started = init.now();
@@ -92,12 +92,16 @@ export class Trace {
     return this.#finished;
   }
 
-  finish(): void {
+  /**
+   * Ends the record now. `complete`, when given, fills in what can wait until the answer has
+   * gone out (what the tap reads from the body); it runs before the record is used.
+   */
+  finish(complete?: () => void): void {
     if (this.#finished) return;
     this.#finished = true;
     const record = this.record;
     record.duration_ms = this.elapsed();
     record.retries = Math.max(0, record.attempts.length - 1);
-    this.#onFinish(record);
+    this.#onFinish(record, complete);
   }
 }

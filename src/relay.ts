@@ -12,14 +12,23 @@ export interface RelayEnd {
   /** Null when the body ended as the API says it should. */
   error: AttemptError | null;
   message: string | null;
-  usage: JsonObject | null;
-  response: unknown;
+  /**
+   * The body as the record shows it, with its usage: read when asked, which the router leaves
+   * until the answer has gone out.
+   */
+  read(): BodyRead;
   streamEvents: number | null;
   streamComplete: boolean | null;
   /** Body bytes handed to the client. */
   bytesForwarded: number;
   /** Stream events whose data the tap could not parse; null for plain bodies. */
   malformedEvents: number | null;
+}
+
+/** What the tap reads from a body: the answer for the record (parsed, or its text) and usage. */
+export interface BodyRead {
+  usage: JsonObject | null;
+  response: unknown;
 }
 
 /** Callbacks the router gives a relay for the client-facing part of its life. */
@@ -297,8 +306,7 @@ export class SseRelay {
     return {
       error,
       message,
-      usage: this.#assembler.usage,
-      response: this.#assembler.response(),
+      read: () => ({ usage: this.#assembler.usage, response: this.#assembler.response() }),
       streamEvents: this.#count,
       streamComplete: this.#assembler.complete,
       bytesForwarded: this.#forwarded,
@@ -392,7 +400,7 @@ export async function readPlainHead(
   return head;
 }
 
-/** What the tap takes from a plain body that has ended: the parsed answer and its usage. */
+/** How a plain body ended; the tap parses it only when the record asks. */
 function plainSummary(
   dialect: Dialect,
   kept: Uint8Array,
@@ -400,13 +408,14 @@ function plainSummary(
   error: AttemptError | null,
   message: string | null,
 ): RelayEnd {
-  const text = decoder.decode(kept);
-  const parsed = parseBody(text);
   return {
     error,
     message,
-    usage: dialect.usageOf(parsed),
-    response: parsed === undefined ? text : parsed,
+    read() {
+      const text = decoder.decode(kept);
+      const parsed = parseBody(text);
+      return { usage: dialect.usageOf(parsed), response: parsed === undefined ? text : parsed };
+    },
     streamEvents: null,
     streamComplete: null,
     bytesForwarded: forwarded,

@@ -4,6 +4,7 @@ import type { Candidate } from "./plan.ts";
 import type { Dialect } from "./providers/mod.ts";
 import type { Trace } from "./record.ts";
 import {
+  type BodyRead,
   type PlainHead,
   type RelayEnd,
   type RelayHooks,
@@ -107,14 +108,16 @@ export function commitResponse(
       else signal.abandon();
       context.close(end.error ?? (httpError ? "http_status" : null));
       if (!httpError) context.onOutcome(end.error);
-      record.usage = end.usage;
-      record.response = end.response;
       record.stream_events = end.streamEvents;
       record.stream_complete = end.streamComplete;
       record.bytes_forwarded = end.bytesForwarded;
       if (end.error === "client_aborted") record.status = 499;
-      record.error = recordError(end, upstream.status);
-      trace.finish();
+      trace.finish(() => {
+        const read = end.read();
+        record.usage = read.usage;
+        record.response = read.response;
+        record.error = recordError(end, read, upstream.status);
+      });
     },
   };
   if (body === null) {
@@ -122,8 +125,7 @@ export function commitResponse(
     hooks.onEnd({
       error: null,
       message: null,
-      usage: null,
-      response: null,
+      read: () => ({ usage: null, response: null }),
       streamEvents: null,
       streamComplete: null,
       bytesForwarded: 0,
@@ -142,7 +144,11 @@ export function commitResponse(
 }
 
 /** The record's `error` for a committed answer: what went wrong, or what looked wrong. */
-function recordError(end: RelayEnd, status: number): { type: string; message: string } | null {
+function recordError(
+  end: RelayEnd,
+  read: BodyRead,
+  status: number,
+): { type: string; message: string } | null {
   if (end.error !== null) return { type: end.error, message: end.message ?? end.error };
   if (status >= 400 || fallsBack(status)) {
     return { type: "http_status", message: `Provider answered ${status}` };
@@ -151,7 +157,7 @@ function recordError(end: RelayEnd, status: number): { type: string; message: st
     const message = `${end.malformedEvents} stream event(s) could not be parsed`;
     return { type: "malformed_stream", message };
   }
-  if (end.malformedEvents === null && typeof end.response === "string" && status < 300) {
+  if (end.malformedEvents === null && typeof read.response === "string" && status < 300) {
     return { type: "malformed_response", message: "Provider answered a body that is not JSON" };
   }
   return null;

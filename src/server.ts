@@ -1,3 +1,4 @@
+import { AfterResponse } from "./after_response.ts";
 import { createHandler } from "./app.ts";
 import { type Config, configSecrets } from "./config.ts";
 import { createHttpClient } from "./http_client.ts";
@@ -53,6 +54,9 @@ export function startServer(config: Config, options: ServerOptions): RunningServ
   };
   const inFlight = new InFlight();
   const upstream = createHttpClient();
+  const afterResponse = new AfterResponse((error) => {
+    options.ops.log("error", `A finished request could not be recorded: ${error}`);
+  });
   const server = Deno.serve({
     hostname: options.host,
     port: options.port,
@@ -60,7 +64,7 @@ export function startServer(config: Config, options: ServerOptions): RunningServ
       const host = hostname.includes(":") ? `[${hostname}]` : hostname;
       options.onListen(`http://${host}:${port}`);
     },
-  }, createHandler(() => current, { sink, inFlight, upstream }));
+  }, createHandler(() => current, { sink, inFlight, upstream, afterResponse }));
   return {
     port: server.addr.port,
     reload(next) {
@@ -77,6 +81,7 @@ export function startServer(config: Config, options: ServerOptions): RunningServ
       clearTimeout(grace);
       inFlight.close();
       upstream.close();
+      afterResponse.flush();
       await sink.close();
     },
   };

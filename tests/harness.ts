@@ -1,3 +1,4 @@
+import { AfterResponse } from "../src/after_response.ts";
 import { createHandler } from "../src/app.ts";
 import { concatBytes } from "../src/bytes.ts";
 import { createHttpClient } from "../src/http_client.ts";
@@ -52,9 +53,12 @@ export function startRouter(
   const sink = new MemorySink();
   const upstream = createHttpClient(options);
   const inFlight = new InFlight();
+  const afterResponse = new AfterResponse((error) => {
+    throw new Error(`A finished request could not be recorded: ${error}`);
+  });
   const server = Deno.serve(
     { port: 0, hostname: "127.0.0.1", onListen() {} },
-    createHandler(() => parsed, { sink, upstream, inFlight }),
+    createHandler(() => parsed, { sink, upstream, inFlight, afterResponse }),
   );
   return {
     url: `http://127.0.0.1:${server.addr.port}`,
@@ -63,6 +67,7 @@ export function startRouter(
       await server.shutdown();
       inFlight.close();
       upstream.close();
+      afterResponse.flush();
     },
   };
 }

@@ -515,7 +515,7 @@ for (const api of APIS) {
         assertAbsent(text, [...secrets, "Bearer"], `the ${status} answer`);
       }
       // Only the API paths' records: whether the pages' own errors are recorded is not the point.
-      const records = (await within(router.sink.waitFor(7), "the records"))
+      const records = (await within(router.sink.waitFor(cases.length), "the records"))
         .filter((r) => r.path.startsWith(`/${api}/`));
       assert.deepEqual(records.map((r) => r.status), [400, 400, 404, 404, 405, 502, 504]);
       assertAbsent(JSON.stringify(records), secrets, "the records");
