@@ -10,6 +10,7 @@ import {
   startMockUpstream,
 } from "../tools/mock_upstream.ts";
 import { concat, provider, type RunningRouter, startRouter, within } from "./harness.ts";
+import { attemptsOf } from "./resilience_util.ts";
 
 type Api = "openai" | "anthropic";
 
@@ -160,10 +161,6 @@ async function assertAnthropicStreamFails(router: RunningRouter, type: string): 
     assert.equal(error.type, type);
     return true;
   });
-}
-
-function attemptsOf(record: RequestRecord): [string, number | null, string | null][] {
-  return record.attempts.map((a) => [a.provider, a.status, a.error]);
 }
 
 // ---------------------------------------------------------------------------------------------
