@@ -1,8 +1,8 @@
 /**
  * Work that can wait until an answer has gone out: reading usage from a plain body, the
- * statistics and the log record. It runs on a later turn of the event loop, after Deno has
- * written the answer, in one batch for everything queued meanwhile. `flush` runs what is queued
- * at once, for pages that show the statistics and for shutdown.
+ * statistics and the log record. It runs on a later turn of the event loop (a zero-delay timer),
+ * after the handler has handed the answer to Deno, in one batch for everything queued meanwhile.
+ * `flush` runs what is queued at once, for pages that show the statistics and for shutdown.
  */
 export class AfterResponse {
   #tasks: (() => void)[] = [];

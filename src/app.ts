@@ -80,7 +80,12 @@ export function createHandler(
       (record, complete) => {
         if (admission.counted) inFlight--;
         afterResponse.run(() => {
-          complete?.();
+          try {
+            complete?.();
+          } catch (error) {
+            // A body the tap cannot read costs the record its usage, never the record itself.
+            record.error ??= { type: "router_error", message: `Could not read the body: ${error}` };
+          }
           stats.add(record);
           sink.write(record, secrets);
           if (requestSpan === undefined) return;
@@ -195,7 +200,7 @@ export function createHandler(
       return refuse(401, UNAUTHORIZED, "invalid_api_key");
     }
     // The statistics include every request answered so far.
-    afterResponse.flush();
+    if (url.pathname !== "/health") afterResponse.flush();
     return page({ config, stats, sink, health: routerDeps.health });
   }
 

@@ -39,7 +39,9 @@ async function readLimited(
   const declared = Number(request.headers.get("content-length") ?? NaN);
   if (declared > limit) return null;
   if (request.body === null) return new Uint8Array(0);
-  if (declared <= limit) return readDeclared(request, deadlineMs, deadlines);
+  if (declared <= Math.min(limit, WHOLE_READ_BYTES)) {
+    return readDeclared(request, deadlineMs, deadlines);
+  }
   const parts: Uint8Array[] = [];
   let size = 0;
   const reader = request.body.getReader();
@@ -84,9 +86,17 @@ async function readLimited(
 }
 
 /**
- * A body of declared length within the limit (HTTP framing keeps it to that length) is read in
- * one piece, which costs far less than reading it through a stream. The read cannot be cancelled:
- * a deadline or a shutdown settles the result without it.
+ * Bodies declared this long or shorter are read in one piece. Deno sets aside the declared length
+ * before the first byte arrives and such a read cannot be cancelled, so longer ones go through a
+ * stream reader: a client that declares a large body and sends little would otherwise hold that
+ * much memory until it hangs up.
+ */
+const WHOLE_READ_BYTES = 64 * 1024;
+
+/**
+ * A short body of declared length (HTTP framing keeps it to that length) is read in one piece,
+ * which costs far less than reading it through a stream. The read cannot be cancelled: a deadline
+ * or a shutdown settles the result without it.
  */
 function readDeclared(
   request: Request,
@@ -95,13 +105,17 @@ function readDeclared(
 ): Promise<Uint8Array<ArrayBuffer> | typeof TIMED_OUT | typeof STOPPING> {
   return new Promise((resolve, reject) => {
     const due = deadlines.now() + deadlineMs;
+    const settle = (result: typeof TIMED_OUT | typeof STOPPING) => {
+      deadlines.delete(deadline);
+      resolve(result);
+    };
     const deadline: Deadline = {
       check(now) {
         if (now < due) return due;
-        resolve(TIMED_OUT);
+        settle(TIMED_OUT);
         return Infinity;
       },
-      abandon: () => resolve(STOPPING),
+      abandon: () => settle(STOPPING),
     };
     deadlines.add(deadline, due);
     request.bytes().then(resolve, reject).finally(() => deadlines.delete(deadline));

@@ -94,7 +94,8 @@ export class Trace {
 
   /**
    * Ends the record now. `complete`, when given, fills in what can wait until the answer has
-   * gone out (what the tap reads from the body); it runs before the record is used.
+   * gone out (what the tap reads from the body); it runs before the statistics and the log see
+   * the record.
    */
   finish(complete?: () => void): void {
     if (this.#finished) return;

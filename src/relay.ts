@@ -2,6 +2,7 @@ import type { AttemptError } from "./attempt.ts";
 import { concatBytes } from "./bytes.ts";
 import { asObject, type JsonObject, parseBody, tryParseJson } from "./json.ts";
 import type { Dialect, EventFilter, EventRole, StreamAssembler } from "./providers/mod.ts";
+import type { EventSourceMessage } from "eventsource-parser";
 import { type Framed, SseEventReader, SseFramer } from "./sse.ts";
 
 /** Events held before commit, at most; past it the router commits and sends them. */
@@ -78,8 +79,14 @@ export class SseRelay {
   #filter: EventFilter | null;
   #onReading: (pending: boolean) => void;
   #forwarded = 0;
-  /** Events already queued for the client whose data the tap has yet to read. */
+  /**
+   * After commit, the chunk queued for the client whose events the tap has yet to read: `next`
+   * indexes its event ends, `from` is the byte offset where that event starts. Each pull reads
+   * what is left of it before taking in the next chunk, so there is never more than one.
+   */
   #untapped: { framed: Framed; next: number; from: number } | null = null;
+  /** The end has been reported: what the record says must not change after that. */
+  #summarized = false;
 
   /**
    * `filter`, when given, may rewrite or drop each event after the tap has read it;
@@ -170,7 +177,11 @@ export class SseRelay {
     });
   }
 
-  /** Queues framed bytes and folds their events in; returns the first decisive role among them. */
+  /**
+   * Queues framed bytes and folds their events in at once; returns the first decisive role among
+   * them. Used before commit (the roles decide it) and with a filter (which needs each event read
+   * before its bytes go out).
+   */
   #ingest(framed: Framed | null): EventRole {
     if (framed === null) return "hold";
     const filter = this.#filter;
@@ -181,7 +192,7 @@ export class SseRelay {
       const raw = framed.bytes.subarray(from, end);
       let out: Uint8Array | null = raw;
       for (const event of this.#events.read(raw)) {
-        const role = this.#fold(event.data, this.#assembler.add(event));
+        const role = this.#take(event);
         if (decisive === "hold") decisive = role;
         if (filter !== null && out !== null) out = filter(out, event.data);
       }
@@ -218,7 +229,7 @@ export class SseRelay {
     while (untapped.next < ends.length) {
       const end = ends[untapped.next++];
       for (const event of this.#events.read(bytes.subarray(untapped.from, end))) {
-        this.#fold(event.data, this.#assembler.add(event));
+        this.#take(event);
       }
       untapped.from = end;
       if (untilOutput && this.#sawOutput) return;
@@ -237,6 +248,12 @@ export class SseRelay {
   #queue(bytes: Uint8Array): void {
     this.#ready.push(bytes);
     this.#readyBytes += bytes.length;
+  }
+
+  /** Folds one event into the tap; nothing more is taken in once the end has been reported. */
+  #take(event: EventSourceMessage): EventRole {
+    if (this.#summarized) return "hold";
+    return this.#fold(event.data, this.#assembler.add(event));
   }
 
   #fold(data: string, role: EventRole): EventRole {
@@ -260,7 +277,7 @@ export class SseRelay {
     if (rest === null) return "hold";
     let decisive: EventRole = "hold";
     for (const event of this.#events.readLast(rest)) {
-      const role = this.#fold(event.data, this.#assembler.add(event));
+      const role = this.#take(event);
       if (decisive === "hold") decisive = role;
     }
     if (this.#assembler.complete || this.#errorMessage !== null) this.#queue(rest);
@@ -303,6 +320,7 @@ export class SseRelay {
     } catch {
       // The end is being reported already; the tap keeps what it read.
     }
+    this.#summarized = true;
     return {
       error,
       message,

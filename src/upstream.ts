@@ -61,7 +61,7 @@ export function upstreamRequestHeaders(
  * The provider's end-to-end response headers followed by the router's own (`own`, lower-case
  * names, which take the place of any the provider sent under the same name), as the list a
  * `Response` takes. A provider's CORS headers are dropped too: cross-origin access is the
- * router's to grant.
+ * router's to grant. So are `x-llm-router-*` headers: those names are the router's.
  */
 export function clientResponseHeaders(
   upstream: Headers,
@@ -74,7 +74,7 @@ export function clientResponseHeaders(
     if (RESPONSE_DROPPED.has(name) || named.includes(name) || Object.hasOwn(own, name)) continue;
     // A body the upstream client decoded is plain; an encoding it could not undo stays labelled.
     if (decoded && name === "content-encoding") continue;
-    if (name.startsWith("access-control-")) continue;
+    if (name.startsWith("access-control-") || name.startsWith("x-llm-router-")) continue;
     out.push([name, value]);
   }
   for (const name in own) out.push([name, own[name]]);

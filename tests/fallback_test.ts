@@ -891,7 +891,9 @@ for (const api of APIS) {
 }
 
 Deno.test("x-request-id is the record's id even when the upstream sends none", async () => {
-  const mock = always(jsonReply(successText("openai", "m")));
+  // A provider's own x-llm-router-* header is not passed on as if the router had set it.
+  const spoof = { "x-llm-router-upstream-request-id": "spoofed" };
+  const mock = always(jsonReply(successText("openai", "m"), 200, spoof));
   const config = { providers: [provider("prov", "openai", mock.url)] };
   await withRouter(config, [mock], async (router) => {
     const ids: (string | null)[] = [];

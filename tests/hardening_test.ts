@@ -124,13 +124,23 @@ Deno.test("model names nobody configured or answered are counted as (other)", ()
   assert.equal(stats.models.get("(other)")?.requests, 50);
 });
 
-/** Sends headers and part of a body over a raw socket, then stops; returns the status line. */
-async function stalledRequest(url: string): Promise<string> {
+/** Opens a raw connection and sends headers and the start of a body, framed as `framing`. */
+async function startUpload(url: string, framing: string): Promise<Deno.TcpConn> {
   const { hostname, port } = new URL(url);
   const conn = await Deno.connect({ hostname, port: Number(port) });
+  const part = '{"model":"gpt-4o",';
+  const body = framing.startsWith("content-length")
+    ? part
+    : `${part.length.toString(16)}\r\n${part}\r\n`;
   const head = "POST /openai/chat/completions HTTP/1.1\r\nhost: x\r\n" +
-    "content-type: application/json\r\ncontent-length: 100\r\n\r\n" + '{"model":"gpt-4o",';
+    `content-type: application/json\r\n${framing}\r\n\r\n${body}`;
   await conn.write(new TextEncoder().encode(head));
+  return conn;
+}
+
+/** Sends headers and part of a body over a raw socket, then stops; returns the status line. */
+async function stalledRequest(url: string, framing = "content-length: 100"): Promise<string> {
+  const conn = await startUpload(url, framing);
   const buffer = new Uint8Array(4096);
   const read = await conn.read(buffer);
   conn.close();
@@ -153,6 +163,48 @@ Deno.test("a client that stops sending its body gets 408 and frees its slot", as
   assert.equal(record.status, 408);
   await router.close();
   await mock.close();
+});
+
+Deno.test("a client that stops sending a chunked body gets 408 too", async () => {
+  const mock = startMockUpstream();
+  const router = startRouter({
+    providers: [provider("p", "openai", mock.url)],
+    timeouts: { first_byte_ms: 300 },
+  });
+  try {
+    const status = await stalledRequest(router.url, "transfer-encoding: chunked");
+    assert.equal(status, "HTTP/1.1 408 Request Timeout");
+    const [record] = await router.sink.waitFor(1);
+    assert.equal(record.status, 408);
+    assert.equal(mock.requests.length, 0);
+  } finally {
+    await router.close();
+    await mock.close();
+  }
+});
+
+Deno.test("clients that declare large bodies and send little do not make the router hold that much memory", async () => {
+  const mock = startMockUpstream();
+  const router = startRouter({
+    providers: [provider("p", "openai", mock.url)],
+    limits: { max_request_bytes: 32 * 1024 * 1024 },
+    timeouts: { first_byte_ms: 2000 },
+  });
+  const conns: Deno.TcpConn[] = [];
+  try {
+    const before = Deno.memoryUsage().rss;
+    for (let i = 0; i < 40; i++) {
+      conns.push(await startUpload(router.url, `content-length: ${32 * 1024 * 1024}`));
+    }
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    // 40 x 32 MiB would be 1.25 GiB if each declared length were set aside up front.
+    const grown = (Deno.memoryUsage().rss - before) / 2 ** 20;
+    assert.ok(grown < 200, `RSS grew by ${grown.toFixed(0)} MiB`);
+  } finally {
+    for (const conn of conns) conn.close();
+    await router.close();
+    await mock.close();
+  }
 });
 
 Deno.test("with retries configured, the last provider's own answer still reaches the client", async () => {

@@ -53,9 +53,8 @@ export function startRouter(
   const sink = new MemorySink();
   const upstream = createHttpClient(options);
   const inFlight = new InFlight();
-  const afterResponse = new AfterResponse((error) => {
-    throw new Error(`A finished request could not be recorded: ${error}`);
-  });
+  const recordFailures: unknown[] = [];
+  const afterResponse = new AfterResponse((error) => recordFailures.push(error));
   const server = Deno.serve(
     { port: 0, hostname: "127.0.0.1", onListen() {} },
     createHandler(() => parsed, { sink, upstream, inFlight, afterResponse }),
@@ -68,6 +67,9 @@ export function startRouter(
       inFlight.close();
       upstream.close();
       afterResponse.flush();
+      if (recordFailures.length > 0) {
+        throw new Error(`A finished request could not be recorded: ${recordFailures[0]}`);
+      }
     },
   };
 }
