@@ -7,33 +7,34 @@ import type { UpstreamClient } from "../src/http_client.ts";
 import { InFlight } from "../src/upstream.ts";
 import { MemorySink } from "./harness.ts";
 
-const tick = () => new Promise((resolve) => setTimeout(resolve, 0));
+/** Longer than the queue's batching delay. */
+const later = () => new Promise((resolve) => setTimeout(resolve, 50));
 
 Deno.test("queued tasks run later, in order, in one batch; flush runs them at once", async () => {
   const ran: string[] = [];
-  const later = new AfterResponse(() => {});
-  later.run(() => ran.push("a"));
-  later.run(() => ran.push("b"));
+  const queue = new AfterResponse(() => {});
+  queue.run(() => ran.push("a"));
+  queue.run(() => ran.push("b"));
   assert.equal(ran.length, 0, "nothing runs in the turn that queued it");
-  await tick();
+  await later();
   assert.deepEqual(ran, ["a", "b"]);
-  later.run(() => ran.push("c"));
-  later.flush();
+  queue.run(() => ran.push("c"));
+  queue.flush();
   assert.deepEqual(ran, ["a", "b", "c"]);
-  await tick();
+  await later();
   assert.deepEqual(ran, ["a", "b", "c"], "a flushed task does not run twice");
 });
 
 Deno.test("a task that throws is reported and the others still run", () => {
   const reported: unknown[] = [];
-  const later = new AfterResponse((error) => reported.push(error));
+  const queue = new AfterResponse((error) => reported.push(error));
   const ran: string[] = [];
-  later.run(() => ran.push("a"));
-  later.run(() => {
+  queue.run(() => ran.push("a"));
+  queue.run(() => {
     throw new Error("broken");
   });
-  later.run(() => ran.push("c"));
-  later.flush();
+  queue.run(() => ran.push("c"));
+  queue.flush();
   assert.deepEqual(ran, ["a", "c"]);
   assert.equal(reported.length, 1);
   assert.match(String(reported[0]), /broken/);
