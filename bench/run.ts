@@ -7,7 +7,15 @@
  * (bench/extra_proxies.ts) as further columns when they are installed.
  */
 import { parseArgs } from "node:util";
-import { concurrentStreams, firstByte, hasWrk, openLoop, sequential, throughput } from "./load.ts";
+import {
+  concurrentStreams,
+  firstByte,
+  hasWrk,
+  type LoadRequest,
+  openLoop,
+  sequential,
+  throughput,
+} from "./load.ts";
 import { type ExtraName, extraNames, startExtras, type Target } from "./extra_proxies.ts";
 
 const { values } = parseArgs({
@@ -141,16 +149,24 @@ type Row = { scenario: string; metric: string } & Figures & { target: string };
 
 const rows: Row[] = [];
 
-/** Runs `measure` against each target, alternating, and keeps each one's mean. */
+/**
+ * Runs `measure` against each target, alternating, and keeps each one's mean. Right before each
+ * measurement the target gets a second of the same requests, unmeasured: a process left idle while
+ * the others were measured runs its first seconds slower (about 20% for the router after 20 s),
+ * and a long-running router is to be measured at its steady state.
+ */
 async function sideBySide(
   targets: Partial<Record<Column, Target>>,
-  measure: (target: Target) => Promise<number | null>,
+  body: string,
+  measure: (request: LoadRequest) => Promise<number | null>,
 ): Promise<Figures> {
   const names = Object.keys(targets) as Column[];
   const samples = new Map(names.map((name) => [name, [] as number[]]));
   for (let round = 0; round < ROUNDS; round++) {
     for (const name of round % 2 === 1 ? names.toReversed() : names) {
-      const value = await measure(targets[name]!);
+      const request = targets[name]!.request(body);
+      await throughput(request, 16, 1);
+      const value = await measure(request);
       if (value !== null) samples.get(name)!.push(value);
     }
   }
@@ -170,24 +186,11 @@ const targets: Partial<Record<Column, Target>> = {
   ...Object.fromEntries(extras.map((extra) => [extra.name, extra.running])),
 };
 
-/**
- * A few seconds of plain and streamed load on each target first, unmeasured: a long-running
- * process is measured at its steady state, with its code compiled, not while it warms up.
- */
-async function warmUp(targets: Target[]): Promise<void> {
-  for (const target of targets) {
-    for (const stream of [false, true]) {
-      await throughput(target.request(chat(stream)), 64, quick ? 1 : 3);
-    }
-  }
-}
-
-await warmUp(Object.values(targets));
-
 // (a) non-streaming, small body, 64 connections
 const a = await sideBySide(
   targets,
-  async (target) => (await throughput(target.request(chat(false)), 64, SECONDS)).rps,
+  chat(false),
+  async (request) => (await throughput(request, 64, SECONDS)).rps,
 );
 rows.push({ scenario: "a", metric: "non-streaming req/s, c=64", ...a, target: ">= 0.85x bare" });
 
@@ -195,7 +198,8 @@ rows.push({ scenario: "a", metric: "non-streaming req/s, c=64", ...a, target: ">
 for (const q of ["p50", "p99"] as const) {
   const b = await sideBySide(
     targets,
-    async (target) => (await openLoop(target.request(chat(false)), 200, SECONDS))[`${q}_ms`],
+    chat(false),
+    async (request) => (await openLoop(request, 200, SECONDS))[`${q}_ms`],
   );
   const budget = q === "p50" ? "<= bare + 0.3 ms" : "<= bare + 2 ms";
   rows.push({ scenario: "b", metric: `open loop 200/s ${q} ms`, ...b, target: budget });
@@ -205,14 +209,16 @@ for (const q of ["p50", "p99"] as const) {
 const big = chat(false, "x".repeat(200 * 1024));
 const c = await sideBySide(
   targets,
-  async (target) => (await throughput(target.request(big), 16, SECONDS)).rps,
+  big,
+  async (request) => (await throughput(request, 16, SECONDS)).rps,
 );
 rows.push({ scenario: "c", metric: "200 KB bodies req/s, c=16", ...c, target: "-" });
 
 // (d) streaming, 54 events per response
 const d = await sideBySide(
   targets,
-  async (target) => (await throughput(target.request(chat(true)), 64, SECONDS)).rps,
+  chat(true),
+  async (request) => (await throughput(request, 64, SECONDS)).rps,
 );
 rows.push({ scenario: "d", metric: "54-event streams req/s, c=64", ...d, target: ">= 0.8x bare" });
 const ttfbTargets = Object.entries(targets);
@@ -230,10 +236,10 @@ rows.push({
 
 // (g) logging on versus off
 const routerQuiet = await router(fast, false);
-await warmUp([routerQuiet]);
 const g = await sideBySide(
   { bare: routerQuiet, router: routerFast },
-  async (target) => (await throughput(target.request(chat(false)), 64, SECONDS)).rps,
+  chat(false),
+  async (request) => (await throughput(request, 64, SECONDS)).rps,
 );
 rows.push({
   scenario: "g",
