@@ -25,6 +25,35 @@ export const SHUTTING_DOWN = "The router is shutting down; send the request agai
 const TIMED_OUT = Symbol("timed out");
 const STOPPING = Symbol("router stopping");
 
+type Cut = typeof TIMED_OUT | typeof STOPPING;
+
+/**
+ * Watches a body read for its deadline and for shutdown past the grace period. Either one calls
+ * `cut` once, with what cut the read short, and stops the watch; `stop` ends it when the read is
+ * over.
+ */
+function watchRead(
+  deadlines: InFlight,
+  deadlineMs: number,
+  cut: (why: Cut) => void,
+): { stop(): void } {
+  const due = deadlines.now() + deadlineMs;
+  const end = (why: Cut) => {
+    deadlines.delete(deadline);
+    cut(why);
+  };
+  const deadline: Deadline = {
+    check(now) {
+      if (now < due) return due;
+      end(TIMED_OUT);
+      return Infinity;
+    },
+    abandon: () => end(STOPPING),
+  };
+  deadlines.add(deadline, due);
+  return { stop: () => deadlines.delete(deadline) };
+}
+
 /**
  * Reads at most `limit` bytes within `deadlineMs`: a declared or actual size beyond the limit
  * is refused without reading the rest into memory (null), and a client that stops sending is
@@ -35,7 +64,7 @@ async function readLimited(
   limit: number,
   deadlineMs: number,
   deadlines: InFlight,
-): Promise<Uint8Array<ArrayBuffer> | null | typeof TIMED_OUT | typeof STOPPING> {
+): Promise<Uint8Array<ArrayBuffer> | null | Cut> {
   const declared = Number(request.headers.get("content-length") ?? NaN);
   if (declared > limit) return null;
   if (request.body === null) return new Uint8Array(0);
@@ -45,28 +74,15 @@ async function readLimited(
   const parts: Uint8Array[] = [];
   let size = 0;
   const reader = request.body.getReader();
-  let timedOut = false;
-  let stopping = false;
-  const due = deadlines.now() + deadlineMs;
-  const deadline: Deadline = {
-    check(now) {
-      if (now < due) return due;
-      timedOut = true;
-      reader.cancel().catch(() => {});
-      return Infinity;
-    },
-    // Shutdown, past its grace period.
-    abandon() {
-      stopping = true;
-      reader.cancel().catch(() => {});
-    },
-  };
-  deadlines.add(deadline, due);
+  let cutShort: Cut | null = null;
+  const watch = watchRead(deadlines, deadlineMs, (why) => {
+    cutShort = why;
+    reader.cancel().catch(() => {});
+  });
   try {
     for (;;) {
       const { done, value } = await reader.read();
-      if (stopping) return STOPPING;
-      if (timedOut) return TIMED_OUT;
+      if (cutShort !== null) return cutShort;
       if (done) break;
       size += value.length;
       if (size > limit) {
@@ -76,11 +92,10 @@ async function readLimited(
       parts.push(value);
     }
   } catch (error) {
-    if (stopping) return STOPPING;
-    if (timedOut) return TIMED_OUT;
+    if (cutShort !== null) return cutShort;
     throw error;
   } finally {
-    deadlines.delete(deadline);
+    watch.stop();
   }
   return concatBytes(parts);
 }
@@ -102,23 +117,10 @@ function readDeclared(
   request: Request,
   deadlineMs: number,
   deadlines: InFlight,
-): Promise<Uint8Array<ArrayBuffer> | typeof TIMED_OUT | typeof STOPPING> {
+): Promise<Uint8Array<ArrayBuffer> | Cut> {
   return new Promise((resolve, reject) => {
-    const due = deadlines.now() + deadlineMs;
-    const settle = (result: typeof TIMED_OUT | typeof STOPPING) => {
-      deadlines.delete(deadline);
-      resolve(result);
-    };
-    const deadline: Deadline = {
-      check(now) {
-        if (now < due) return due;
-        settle(TIMED_OUT);
-        return Infinity;
-      },
-      abandon: () => settle(STOPPING),
-    };
-    deadlines.add(deadline, due);
-    request.bytes().then(resolve, reject).finally(() => deadlines.delete(deadline));
+    const watch = watchRead(deadlines, deadlineMs, resolve);
+    request.bytes().then(resolve, reject).finally(watch.stop);
   });
 }
 

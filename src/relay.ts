@@ -443,8 +443,8 @@ function plainSummary(
 
 /**
  * The client's body for a plain answer. A body read whole goes out as bytes (Deno then writes
- * it with its length, no stream machinery). A longer one is relayed chunk by chunk as it arrives, keeping a
- * copy (up to about `keepLimit` bytes, so memory stays bounded) for the record.
+ * it with its length, no stream machinery). A longer one is relayed chunk by chunk as it arrives,
+ * keeping a copy (up to about `keepLimit` bytes, so memory stays bounded) for the record.
  */
 export function relayPlainBody(
   head: PlainHead,
