@@ -8,6 +8,7 @@ import { Stats } from "../src/stats.ts";
 import type { RequestRecord } from "../src/record.ts";
 import { openaiStreamChunks, sseHeaders, startMockUpstream } from "../tools/mock_upstream.ts";
 import { provider, rawServer, startRouter } from "./harness.ts";
+import { attemptsOf } from "./resilience_util.ts";
 
 const chat = (model: string, extra: object = {}) =>
   JSON.stringify({ model, messages: [{ role: "user", content: "Hi" }], ...extra });
@@ -58,7 +59,7 @@ Deno.test("a status a Response cannot carry counts as a failed attempt, not a cr
   assert.equal(fallback.headers.get("x-llm-router-provider"), "good");
   await fallback.body?.cancel();
   const [record] = await router.sink.waitFor(1);
-  assert.deepEqual(record.attempts.map((a) => [a.provider, a.status, a.error]), [
+  assert.deepEqual(attemptsOf(record), [
     ["odd", 600, "http_status"],
     ["good", 200, null],
   ]);

@@ -12,6 +12,7 @@ import {
   startMockUpstream,
 } from "../tools/mock_upstream.ts";
 import { provider, rawServer, startRouter } from "./harness.ts";
+import { attemptsOf } from "./resilience_util.ts";
 
 const TLS = new URL("./fixtures/tls/", import.meta.url);
 const cert = await Deno.readTextFile(new URL("cert.pem", TLS));
@@ -147,7 +148,7 @@ Deno.test("an https provider whose certificate no trusted root signed is a conne
     assert.equal(response.headers.get("x-llm-router-provider"), "plain");
     await response.body?.cancel();
     const [record] = await router.sink.waitFor(1);
-    assert.deepEqual(record.attempts.map((a) => [a.provider, a.status, a.error]), [
+    assert.deepEqual(attemptsOf(record), [
       ["untrusted", null, "connect_error"],
       ["plain", 200, null],
     ]);
