@@ -1,6 +1,6 @@
 /**
  * The two roads to a provider: https through fetch (here trusting a test root), plain http
- * through node:http. Both must look the same to the router and to the client.
+ * through the router's HTTP/1.1 client. Both must look the same to the router and to the client.
  */
 import assert from "node:assert/strict";
 import OpenAI from "openai";
