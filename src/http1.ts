@@ -15,8 +15,14 @@ export interface Http1Answer {
   body: ReadableStream<Uint8Array<ArrayBuffer>> | null;
 }
 
-/** Read buffer per connection; also the cap on an answer's head and on a chunk-size line. */
-const BUFFER_BYTES = 16 * 1024;
+/** The cap on an answer's head, and on a chunk-size or trailer line. */
+const HEAD_LIMIT_BYTES = 16 * 1024;
+/**
+ * A connection's read buffer starts small, since a stream waiting for its next event holds it the
+ * whole time, and doubles up to the largest size when reads fill it (a large body).
+ */
+const FIRST_BUFFER_BYTES = 4 * 1024;
+const LARGEST_BUFFER_BYTES = 64 * 1024;
 /** Bodies above this go out in a write of their own rather than copied behind the head. */
 const JOIN_BODY_MAX_BYTES = 64 * 1024;
 /**
@@ -33,13 +39,15 @@ class ClosedBeforeAnswer extends Error {}
 /** One TCP connection and the bytes read from it that nobody has taken yet. */
 class Wire {
   readonly conn: Deno.TcpConn;
-  readonly buffer = new Uint8Array(BUFFER_BYTES);
+  buffer = new Uint8Array(FIRST_BUFFER_BYTES);
   start = 0;
   end = 0;
   /** Bytes received for the current request. */
   received = 0;
   idleUntil = 0;
   closed = false;
+  /** The last read took all the room it had: more is likely waiting. */
+  filledLast = false;
 
   constructor(conn: Deno.TcpConn) {
     this.conn = conn;
@@ -51,15 +59,23 @@ class Wire {
 
   /** Reads more bytes from the socket; false at its end. */
   async fill(): Promise<boolean> {
-    if (this.start === this.end) {
-      this.start = this.end = 0;
+    if (this.start === this.end) this.start = this.end = 0;
+    const full = this.start === 0 && this.end === this.buffer.length;
+    if ((full || this.filledLast) && this.buffer.length < LARGEST_BUFFER_BYTES) {
+      const larger = new Uint8Array(this.buffer.length * 2);
+      larger.set(this.buffer.subarray(this.start, this.end));
+      this.buffer = larger;
+      this.end -= this.start;
+      this.start = 0;
     } else if (this.end === this.buffer.length) {
       this.buffer.copyWithin(0, this.start, this.end);
       this.end -= this.start;
       this.start = 0;
     }
+    const space = this.buffer.length - this.end;
     const read = await this.conn.read(this.buffer.subarray(this.end));
     if (read === null) return false;
+    this.filledLast = read === space;
     this.end += read;
     this.received += read;
     return true;
@@ -76,8 +92,8 @@ class Wire {
   line(): string | null {
     const lf = this.buffer.indexOf(10, this.start);
     if (lf === -1 || lf >= this.end) {
-      if (this.available === this.buffer.length) {
-        throw new Error(`Upstream sent a line longer than ${BUFFER_BYTES} bytes`);
+      if (this.available >= HEAD_LIMIT_BYTES) {
+        throw new Error(`Upstream sent a line longer than ${HEAD_LIMIT_BYTES} bytes`);
       }
       return null;
     }
@@ -136,8 +152,8 @@ function parseHead(wire: Wire): Head | null {
   for (;;) {
     const lf = buffer.indexOf(10, at);
     if (lf === -1 || lf >= wire.end) {
-      if (wire.available === buffer.length) {
-        throw new ClosedBeforeAnswer(`Upstream answer's head exceeds ${BUFFER_BYTES} bytes`);
+      if (wire.available >= HEAD_LIMIT_BYTES) {
+        throw new ClosedBeforeAnswer(`Upstream answer's head exceeds ${HEAD_LIMIT_BYTES} bytes`);
       }
       return null;
     }
@@ -149,6 +165,9 @@ function parseHead(wire: Wire): Head | null {
     }
     at = lf + 1;
     if (blank) break;
+  }
+  if (at - wire.start > HEAD_LIMIT_BYTES) {
+    throw new ClosedBeforeAnswer(`Upstream answer's head exceeds ${HEAD_LIMIT_BYTES} bytes`);
   }
   const lines = latin1(buffer.subarray(wire.start, at)).split("\n");
   wire.start = at;

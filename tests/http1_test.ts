@@ -147,7 +147,7 @@ Deno.test("a chunked answer with extensions and trailers, split at every byte, a
 });
 
 Deno.test("chunks that arrive together are handed over as one piece", async () => {
-  const events = openaiStreamChunks("gpt-4o", { text: "one two three four five", events: 20 });
+  const events = openaiStreamChunks("gpt-4o", { text: "one two three four five", events: 8 });
   const body = events.map((event) => `${event.length.toString(16)}\r\n${event}\r\n`).join("") +
     "0\r\n\r\n";
   const head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n" +
@@ -157,6 +157,19 @@ Deno.test("chunks that arrive together are handed over as one piece", async () =
     assert.equal(answer.text, events.join(""));
     assert.equal(answer.pieces.length, 1, `${answer.pieces.length} pieces`);
   });
+});
+
+Deno.test("a large answer is read in growing pieces, not in the small ones a waiting stream keeps", async () => {
+  const body = "z".repeat(300_000);
+  await withServer(
+    () => ({ parts: [`HTTP/1.1 200 OK\r\ncontent-length: ${body.length}\r\n\r\n${body}`] }),
+    async (server, pool) => {
+      const answer = await send(pool, server.url);
+      assert.equal(answer.text, body);
+      // In 4 KiB reads this would take 74 pieces.
+      assert.ok(answer.pieces.length < 20, `${answer.pieces.length} pieces`);
+    },
+  );
 });
 
 Deno.test("a content-length answer split across writes arrives whole; the request carries host and length", async () => {
