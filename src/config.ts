@@ -45,7 +45,10 @@ const providerSchema = z.strictObject({
   name: z.string().min(1),
   type: z.enum(["openai", "anthropic"]),
   api_key: z.string().optional(),
-  base_url: z.url({ protocol: /^https?$/ }).optional(),
+  base_url: z.url({ protocol: /^https?$/ }).refine(
+    (url) => !/^[a-z]+:\/\/[^/?#]*@/i.test(url),
+    "must not carry credentials (user:password@host): they would not be sent; use api_key",
+  ).optional(),
   priority: z.int().default(1),
   models: z.array(z.string().min(1)).optional(),
   /** Shorthand for `timeouts.first_byte_ms`. */

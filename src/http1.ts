@@ -48,6 +48,9 @@ class Wire {
   closed = false;
   /** The last read took all the room it had: more is likely waiting. */
   filledLast = false;
+  /** In the pool: anything read now was not asked for. */
+  parked = false;
+  sent = false;
 
   constructor(conn: Deno.TcpConn) {
     this.conn = conn;
@@ -57,8 +60,18 @@ class Wire {
     return this.end - this.start;
   }
 
-  /** Reads more bytes from the socket; false at its end. */
-  async fill(): Promise<boolean> {
+  /**
+   * Reads more bytes from the socket; false at its end. There is one read at a time: a read
+   * started while the connection sat in the pool is the one the next request's reader awaits.
+   */
+  fill(): Promise<boolean> {
+    this.#reading ??= this.#read().finally(() => this.#reading = null);
+    return this.#reading;
+  }
+
+  #reading: Promise<boolean> | null = null;
+
+  async #read(): Promise<boolean> {
     if (this.start === this.end) this.start = this.end = 0;
     const full = this.start === 0 && this.end === this.buffer.length;
     if ((full || this.filledLast) && this.buffer.length < LARGEST_BUFFER_BYTES) {
@@ -79,6 +92,23 @@ class Wire {
     this.end += read;
     this.received += read;
     return true;
+  }
+
+  /**
+   * Readies an emptied connection for the pool: a buffer grown for a large answer goes back to
+   * the first size, and a read waits on the socket, so that bytes or a close from the server
+   * while nobody asked for anything end the connection there and then.
+   */
+  park(onUnasked: () => void): void {
+    if (this.buffer.length > FIRST_BUFFER_BYTES) this.buffer = new Uint8Array(FIRST_BUFFER_BYTES);
+    this.filledLast = false;
+    this.start = this.end = 0;
+    this.parked = true;
+    this.fill().then(() => {
+      if (this.parked) onUnasked();
+    }, () => {
+      if (this.parked) onUnasked();
+    });
   }
 
   /** The next `n` unread bytes, as a buffer of their own. */
@@ -103,10 +133,15 @@ class Wire {
     return text;
   }
 
-  async write(bytes: Uint8Array): Promise<void> {
-    for (let written = 0; written < bytes.length;) {
-      written += await this.conn.write(bytes.subarray(written));
+  /** Sends a request; `sent` says when all of it has gone out. */
+  async write(parts: Uint8Array[]): Promise<void> {
+    this.sent = false;
+    for (const bytes of parts) {
+      for (let written = 0; written < bytes.length;) {
+        written += await this.conn.write(bytes.subarray(written));
+      }
     }
+    this.sent = true;
   }
 
   close(): void {
@@ -184,7 +219,10 @@ function parseHead(wire: Wire): Head | null {
     }
     const colon = line.indexOf(":");
     const name = colon > 0 ? line.slice(0, colon) : "";
-    if (!TOKEN.test(name)) continue;
+    // A malformed field line (no colon, space before it) could hide how the body is framed.
+    if (!TOKEN.test(name)) {
+      throw new ClosedBeforeAnswer("Upstream answer has a malformed header line");
+    }
     fields.push([name.toLowerCase(), line.slice(colon + 1).replace(/^[ \t]+|[ \t]+$/g, "")]);
   }
   const headers = new Headers();
@@ -205,8 +243,9 @@ function parseHead(wire: Wire): Head | null {
     framing = /(^|,)\s*chunked\s*$/i.test(transferEncoding)
       ? { kind: "chunked" }
       : { kind: "close" };
-    // Both framings at once is how request smuggling starts: the connection is not reused.
-    if (contentLength !== null) keepAlive = false;
+    // Both framings at once is how request smuggling starts, and HTTP/1.0 has no chunked
+    // framing: either way the connection is not reused.
+    if (contentLength !== null || http10) keepAlive = false;
   } else if (contentLength !== null) {
     const lengths = new Set(contentLength.split(",").map((part) => part.trim()));
     const [length] = lengths;
@@ -218,6 +257,7 @@ function parseHead(wire: Wire): Head | null {
     framing = { kind: "close" };
   }
   const status = Number(statusLine[2]);
+  if (status < 100) throw new ClosedBeforeAnswer(`Upstream answered with status ${status}`);
   // An answer that ends with its connection leaves nothing to reuse; 204 and 304 have no body.
   if (framing.kind === "close" && status !== 204 && status !== 304) keepAlive = false;
   const timeout = /(?:^|,)\s*timeout=(\d+)/i.exec(headers.get("keep-alive") ?? "");
@@ -395,18 +435,29 @@ export class Http1Pool {
     signal.addEventListener("abort", onAbort, { once: true });
     const done = () => signal.removeEventListener("abort", onAbort);
     try {
-      for (;;) {
-        signal.throwIfAborted();
+      for (let resent = false;;) {
         const pooled = this.#take(origin);
         wire = pooled ?? new Wire(await connect(hostname, port, signal));
+        if (signal.aborted) {
+          wire.close();
+          throw signal.reason;
+        }
         wire.received = 0;
+        // The answer is read while the body goes out: a provider may answer (a 413, say) and
+        // stop reading a large body, or close the connection on it.
+        wire.write(message).catch(() => {});
         try {
-          for (const part of message) await wire.write(part);
-          return this.#answer(origin, wire, await readHead(wire), signal, done);
+          const head = await readHead(wire);
+          return this.#answer(origin, wire, head, signal, done);
         } catch (error) {
           wire.close();
-          // The server dropped the pooled connection while it sat idle: nothing was answered.
-          if (pooled !== null && wire.received === 0 && !signal.aborted) continue;
+          // The pooled connection was closed by the server before this request reached it.
+          // It is sent once more, on a new connection; never after any byte of an answer.
+          if (pooled !== null && !resent && wire.received === 0 && !signal.aborted) {
+            resent = true;
+            this.#dropIdle(origin);
+            continue;
+          }
           throw error;
         }
       }
@@ -430,7 +481,8 @@ export class Http1Pool {
       if (finished) return;
       finished = true;
       done();
-      if (whole && head.keepAlive && wire.available === 0 && !wire.closed) {
+      // An answer that came before the whole request went out leaves the connection mid-request.
+      if (whole && wire.sent && head.keepAlive && wire.available === 0 && !wire.closed) {
         this.#put(origin, wire, head.idleMs);
       } else {
         wire.close();
@@ -467,7 +519,8 @@ export class Http1Pool {
     const now = Date.now();
     while (idle !== undefined && idle.length > 0) {
       const wire = idle.pop()!;
-      if (wire.idleUntil > now) return wire;
+      wire.parked = false;
+      if (wire.idleUntil > now && !wire.closed) return wire;
       wire.close();
     }
     return null;
@@ -485,7 +538,18 @@ export class Http1Pool {
       : Math.min(IDLE_REUSE_MS, serverIdleMs - 1000);
     wire.idleUntil = Date.now() + keep;
     idle.push(wire);
+    wire.park(() => {
+      wire.close();
+      const at = idle.indexOf(wire);
+      if (at !== -1) idle.splice(at, 1);
+    });
     this.#sweep ??= this.#startSweep();
+  }
+
+  /** One pooled connection turned out dead: the others of its origin are likely dead too. */
+  #dropIdle(origin: string): void {
+    for (const wire of this.#idle.get(origin) ?? []) wire.close();
+    this.#idle.delete(origin);
   }
 
   /** Closes connections idle past their time, so none lingers after a provider goes quiet. */
@@ -516,24 +580,11 @@ export class Http1Pool {
   }
 }
 
-/** Opens a connection; a signal that fires first wins, and the late connection is closed. */
-function connect(hostname: string, port: number, signal: AbortSignal): Promise<Deno.TcpConn> {
-  const connecting = Deno.connect({ hostname, port });
-  return new Promise((resolve, reject) => {
-    const onAbort = () => {
-      reject(signal.reason);
-      connecting.then((conn) => conn.close(), () => {});
-    };
-    signal.addEventListener("abort", onAbort, { once: true });
-    connecting.then((conn) => {
-      signal.removeEventListener("abort", onAbort);
-      conn.setNoDelay(true);
-      resolve(conn);
-    }, (error) => {
-      signal.removeEventListener("abort", onAbort);
-      reject(error);
-    });
-  });
+/** Opens a connection; a signal that fires first ends the attempt to connect. */
+async function connect(hostname: string, port: number, signal: AbortSignal): Promise<Deno.TcpConn> {
+  const conn = await Deno.connect({ hostname, port, signal });
+  conn.setNoDelay(true);
+  return conn;
 }
 
 /** Reads up to a final answer's head: 1xx interim answers are passed over, 101 fails. */

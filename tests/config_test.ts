@@ -141,6 +141,15 @@ Deno.test("config strips trailing slashes from base_url", () => {
   assert.equal(config.providers[0].base_url, "http://localhost:11434/v1");
 });
 
+Deno.test("config refuses credentials in base_url, which neither upstream client would send", () => {
+  for (const base_url of ["http://user:secret@localhost:8080/v1", "https://user@gateway.example"]) {
+    const error = configError(() => parseConfig(oneProvider({ base_url }), noEnv));
+    assert.match(error.message, /base_url: must not carry credentials/);
+  }
+  const plain = parseConfig(oneProvider({ base_url: "http://localhost:8080/v1?k=a@b" }), noEnv);
+  assert.equal(plain.providers[0].base_url, "http://localhost:8080/v1?k=a@b");
+});
+
 Deno.test("config maps an object target without model to model null", () => {
   const text = JSON.stringify({
     model_mapping: { fast: [{ provider: "p" }] },

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import OpenAI from "openai";
 import { Http1Pool } from "../src/http1.ts";
 import { openaiStreamChunks } from "../tools/mock_upstream.ts";
-import { concat, provider, startRouter } from "./harness.ts";
+import { concat, provider, startRouter, within } from "./harness.ts";
 
 interface Exchange {
   /** Which connection (0-based, in order of arrival) carried the request. */
@@ -168,6 +168,10 @@ Deno.test("a large answer is read in growing pieces, not in the small ones a wai
       assert.equal(answer.text, body);
       // In 4 KiB reads this would take 74 pieces.
       assert.ok(answer.pieces.length < 20, `${answer.pieces.length} pieces`);
+      // Back in the pool the connection's buffer is small again.
+      const again = await send(pool, server.url);
+      assert.equal(server.connections, 1);
+      assert.ok(again.pieces[0].length <= 4096, `first piece ${again.pieces[0].length} bytes`);
     },
   );
 });
@@ -207,7 +211,7 @@ Deno.test("a large request body arrives intact", async () => {
   );
 });
 
-Deno.test("an answer without framing runs to the connection's end, which is then not reused", async () => {
+Deno.test("an answer without framing runs to the connection's end", async () => {
   await withServer(
     () => ({
       parts: ["HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nall ", "of it"],
@@ -216,7 +220,7 @@ Deno.test("an answer without framing runs to the connection's end, which is then
     async (server, pool) => {
       assert.equal((await send(pool, server.url)).text, "all of it");
       assert.equal((await send(pool, server.url)).text, "all of it");
-      assert.equal(server.connections, 2);
+      assert.deepEqual(server.exchanges.map((exchange) => exchange.connection), [0, 1]);
     },
   );
 });
@@ -321,6 +325,11 @@ for (
       /content-length/,
     ],
     ["a status line that is not HTTP/1.x", "ICY 200 OK\r\n\r\n", /not HTTP/],
+    [
+      "a field line with a space before its colon",
+      "HTTP/1.1 200 OK\r\nTransfer-Encoding : chunked\r\ncontent-length: 0\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+      /malformed header line/,
+    ],
     ["no answer at all", "", /without an answer/],
   ]
 ) {
@@ -376,6 +385,104 @@ Deno.test("an abort in the middle of a body errors it with the signal's reason a
     },
   );
 });
+
+Deno.test("a request the server took and then dropped is sent once more at most, however many connections are pooled", async () => {
+  const ok = { parts: ["HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"] };
+  await withServer((_, i) => (i < 5 ? ok : { parts: [], close: true }), async (server, pool) => {
+    // Five requests at once leave five connections in the pool.
+    await Promise.all(Array.from({ length: 5 }, () => send(pool, server.url)));
+    assert.equal(server.connections, 5);
+    await assert.rejects(send(pool, server.url), /without an answer/);
+    assert.equal(server.exchanges.length - 5, 2, "the dropped request was sent twice in all");
+  });
+});
+
+Deno.test("a request is never sent again once any byte of an answer came", async () => {
+  const answers = [
+    { parts: ["HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"] },
+    { parts: ["HTTP/1.1 200 OK\r\ncontent-"], close: true },
+  ];
+  await withServer((_, i) => answers[i] ?? answers[0], async (server, pool) => {
+    await send(pool, server.url);
+    await assert.rejects(send(pool, server.url), /inside the answer's head/);
+    assert.equal(server.exchanges.length, 2);
+  });
+});
+
+Deno.test("bytes a server sends on an idle pooled connection end it: the next request gets its own answer", async () => {
+  await withServer(
+    (exchange) => ({
+      parts: exchange.connection === 0
+        ? [
+          "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst",
+          "HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\n\r\n",
+        ]
+        : ["HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecond"],
+    }),
+    async (server, pool) => {
+      assert.equal((await send(pool, server.url)).text, "first");
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      const next = await send(pool, server.url);
+      assert.equal(next.status, 200);
+      assert.equal(next.text, "second");
+      assert.equal(server.connections, 2);
+    },
+  );
+});
+
+/** A server that answers as soon as a request's head is in and never reads its body. */
+function earlyAnswerServer(close: boolean) {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const conns: Deno.Conn[] = [];
+  (async () => {
+    for await (const conn of listener) {
+      conns.push(conn);
+      (async () => {
+        let seen = "";
+        const chunk = new Uint8Array(16 * 1024);
+        while (!seen.includes("\r\n\r\n")) {
+          const n = await conn.read(chunk);
+          if (n === null) return;
+          seen += new TextDecoder().decode(chunk.subarray(0, n));
+        }
+        await conn.write(encoder.encode(
+          "HTTP/1.1 413 Payload Too Large\r\ncontent-length: 9\r\n\r\ntoo large",
+        ));
+        if (close) conn.close();
+      })().catch(() => {});
+    }
+  })().catch(() => {});
+  const { port } = listener.addr as Deno.NetAddr;
+  return {
+    url: new URL(`http://127.0.0.1:${port}/v1/chat/completions`),
+    close() {
+      listener.close();
+      for (const conn of conns) {
+        try {
+          conn.close();
+        } catch {
+          // Closed by the server already.
+        }
+      }
+    },
+  };
+}
+
+for (const close of [true, false]) {
+  Deno.test(`an answer before the whole body went out reaches the caller (server ${close ? "closes" : "stops reading"})`, async () => {
+    const server = earlyAnswerServer(close);
+    const pool = new Http1Pool();
+    try {
+      const big = new Uint8Array(24 * 1024 * 1024).fill(0x61);
+      const answer = await within(send(pool, server.url, { body: big }), "the early answer");
+      assert.equal(answer.status, 413);
+      assert.equal(answer.text, "too large");
+    } finally {
+      pool.close();
+      server.close();
+    }
+  });
+}
 
 Deno.test("a stream in chunks split at every byte reaches the OpenAI SDK through the router, event for event", async () => {
   const events = openaiStreamChunks("gpt-4o", { text: "split at every byte", events: 5 });
