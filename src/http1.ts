@@ -104,6 +104,8 @@ class Wire {
     this.filledLast = false;
     this.start = this.end = 0;
     this.parked = true;
+    // A pooled connection never keeps the process alive.
+    this.conn.unref();
     this.fill().then(() => {
       if (this.parked) onUnasked();
     }, () => {
@@ -520,7 +522,10 @@ export class Http1Pool {
     while (idle !== undefined && idle.length > 0) {
       const wire = idle.pop()!;
       wire.parked = false;
-      if (wire.idleUntil > now && !wire.closed) return wire;
+      if (wire.idleUntil > now && !wire.closed) {
+        wire.conn.ref();
+        return wire;
+      }
       wire.close();
     }
     return null;
