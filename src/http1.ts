@@ -31,6 +31,8 @@ const JOIN_BODY_MAX_BYTES = 64 * 1024;
  */
 const IDLE_REUSE_MS = 4000;
 const MAX_IDLE_PER_ORIGIN = 256;
+/** How soon after a pooled connection is taken its failure still counts as a stale connection. */
+const STALE_WINDOW_MS = 100;
 const NO_BODY_STATUSES = new Set([204, 205, 304]);
 
 /** A protocol or connection failure before the answer's head was whole. */
@@ -437,8 +439,10 @@ export class Http1Pool {
     signal.addEventListener("abort", onAbort, { once: true });
     const done = () => signal.removeEventListener("abort", onAbort);
     try {
-      for (let resent = false;;) {
+      for (;;) {
+        signal.throwIfAborted();
         const pooled = this.#take(origin);
+        const taken = performance.now();
         wire = pooled ?? new Wire(await connect(hostname, port, signal));
         if (signal.aborted) {
           wire.close();
@@ -448,25 +452,35 @@ export class Http1Pool {
         // The answer is read while the body goes out: a provider may answer (a 413, say) and
         // stop reading a large body, or close the connection on it.
         wire.write(message).catch(() => {});
+        let head: Head | null = null;
         try {
-          const head = await readHead(wire);
-          return this.#answer(origin, wire, head, signal, done);
+          head = await readHead(wire);
         } catch (error) {
           wire.close();
-          // The pooled connection was closed by the server before this request reached it.
-          // It is sent once more, on a new connection; never after any byte of an answer.
-          if (pooled !== null && !resent && wire.received === 0 && !signal.aborted) {
-            resent = true;
-            this.#dropIdle(origin);
-            continue;
-          }
-          throw error;
+          if (wire.received > 0 || !this.#closedAsTaken(pooled, taken, signal)) throw error;
         }
+        // A server ending an idle connection may say so with a 408 as the request goes out.
+        if (head !== null && head.status === 408 && this.#closedAsTaken(pooled, taken, signal)) {
+          wire.close();
+          head = null;
+        }
+        if (head !== null) return this.#answer(origin, wire, head, signal, done);
+        this.#dropIdle(origin);
       }
     } catch (error) {
       done();
       throw signal.aborted ? signal.reason : error;
     }
+  }
+
+  /**
+   * Whether a pooled connection failed the way one the server closed while idle does: at once,
+   * before any other byte of an answer. Such a request is sent once more on a new connection
+   * (the origin's other idle connections are dropped with it). A request that failed later may
+   * have been read and worked on, and is not sent again.
+   */
+  #closedAsTaken(pooled: Wire | null, taken: number, signal: AbortSignal): boolean {
+    return pooled !== null && !signal.aborted && performance.now() - taken < STALE_WINDOW_MS;
   }
 
   #answer(
@@ -563,10 +577,11 @@ export class Http1Pool {
       const now = Date.now();
       let left = 0;
       for (const [origin, idle] of this.#idle) {
-        const kept = idle.filter((wire) => wire.idleUntil > now || (wire.close(), false));
-        if (kept.length === 0) this.#idle.delete(origin);
-        else this.#idle.set(origin, kept);
-        left += kept.length;
+        for (let i = idle.length - 1; i >= 0; i--) {
+          if (idle[i].idleUntil <= now || idle[i].closed) idle.splice(i, 1)[0].close();
+        }
+        if (idle.length === 0) this.#idle.delete(origin);
+        left += idle.length;
       }
       if (left === 0) {
         clearInterval(timer);
@@ -585,11 +600,32 @@ export class Http1Pool {
   }
 }
 
-/** Opens a connection; a signal that fires first ends the attempt to connect. */
-async function connect(hostname: string, port: number, signal: AbortSignal): Promise<Deno.TcpConn> {
-  const conn = await Deno.connect({ hostname, port, signal });
-  conn.setNoDelay(true);
-  return conn;
+/**
+ * Opens a connection; a signal that fires first wins, and the late connection is closed. The
+ * signal is not handed to `Deno.connect`: a connection it completes in the same turn as an abort
+ * is then lost without being closed.
+ */
+function connect(hostname: string, port: number, signal: AbortSignal): Promise<Deno.TcpConn> {
+  return new Promise((resolve, reject) => {
+    let abandoned = false;
+    const onAbort = () => {
+      abandoned = true;
+      reject(signal.reason);
+    };
+    signal.addEventListener("abort", onAbort, { once: true });
+    Deno.connect({ hostname, port }).then((conn) => {
+      signal.removeEventListener("abort", onAbort);
+      if (abandoned) {
+        conn.close();
+        return;
+      }
+      conn.setNoDelay(true);
+      resolve(conn);
+    }, (error) => {
+      signal.removeEventListener("abort", onAbort);
+      reject(error);
+    });
+  });
 }
 
 /** Reads up to a final answer's head: 1xx interim answers are passed over, 101 fails. */

@@ -20,6 +20,8 @@ interface Answer {
   parts: (string | Uint8Array)[];
   /** Close the connection after the answer. */
   close?: boolean;
+  /** Wait this long before answering. */
+  delayMs?: number;
 }
 
 const encoder = new TextEncoder();
@@ -74,6 +76,7 @@ function scriptedServer(script: (exchange: Exchange, index: number) => Answer) {
       buffered = buffered.slice(end + 4 + length);
       exchanges.push(exchange);
       const answer = script(exchange, exchanges.length - 1);
+      if (answer.delayMs) await new Promise((resolve) => setTimeout(resolve, answer.delayMs));
       for (const [i, part] of answer.parts.entries()) {
         if (i > 0) await new Promise((resolve) => setTimeout(resolve, 2));
         await conn.write(typeof part === "string" ? encoder.encode(part) : part);
@@ -229,6 +232,9 @@ Deno.test("connection: close, or bytes past the answer's end, keep a connection 
   const answers = [
     "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
     "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA",
+    // HTTP/1.0 has no chunked framing: whatever it says of keep-alive, this is not reused.
+    "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n" +
+    "2\r\nok\r\n0\r\n\r\n",
     "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
     "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
   ];
@@ -236,7 +242,7 @@ Deno.test("connection: close, or bytes past the answer's end, keep a connection 
     for (let i = 0; i < answers.length; i++) {
       assert.equal((await send(pool, server.url)).text, "ok");
     }
-    assert.deepEqual(server.exchanges.map((exchange) => exchange.connection), [0, 1, 2, 2]);
+    assert.deepEqual(server.exchanges.map((exchange) => exchange.connection), [0, 1, 2, 3, 3]);
   });
 });
 
@@ -261,7 +267,7 @@ Deno.test("interim 100 and 103 answers are passed over; a 204 without framing le
   });
 });
 
-Deno.test("a pooled connection the server dropped while idle is replaced: the request goes out once more, on a new one", async () => {
+Deno.test("a pooled connection the server dropped while idle leaves the pool: the next request goes out once, on a new one", async () => {
   // The server closes each connection after its answer without saying so.
   await withServer(
     () => ({ parts: ["HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"], close: true }),
@@ -325,6 +331,7 @@ for (
       /content-length/,
     ],
     ["a status line that is not HTTP/1.x", "ICY 200 OK\r\n\r\n", /not HTTP/],
+    ["a status under 100", "HTTP/1.1 099 Odd\r\ncontent-length: 0\r\n\r\n", /status 99/],
     [
       "a field line with a space before its colon",
       "HTTP/1.1 200 OK\r\nTransfer-Encoding : chunked\r\ncontent-length: 0\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
@@ -386,14 +393,40 @@ Deno.test("an abort in the middle of a body errors it with the signal's reason a
   );
 });
 
-Deno.test("a request the server took and then dropped is sent once more at most, however many connections are pooled", async () => {
-  const ok = { parts: ["HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"] };
+const ok = { parts: ["HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"] };
+
+Deno.test("a pooled connection closed as its request went out: the request is sent once more, on a new connection, however many are pooled", async () => {
   await withServer((_, i) => (i < 5 ? ok : { parts: [], close: true }), async (server, pool) => {
     // Five requests at once leave five connections in the pool.
     await Promise.all(Array.from({ length: 5 }, () => send(pool, server.url)));
     assert.equal(server.connections, 5);
     await assert.rejects(send(pool, server.url), /without an answer/);
-    assert.equal(server.exchanges.length - 5, 2, "the dropped request was sent twice in all");
+    const resends = server.exchanges.slice(5).map((exchange) => exchange.connection);
+    assert.equal(resends.length, 2, "the dropped request was sent twice in all");
+    assert.equal(resends[1], 5, "the second time on a new connection");
+  });
+});
+
+Deno.test("a request a server took, worked on and then dropped is not sent again", async () => {
+  const script = (_: Exchange, i: number): Answer =>
+    i === 0 ? ok : { parts: [new Uint8Array(0)], close: true, delayMs: 300 };
+  await withServer(script, async (server, pool) => {
+    await send(pool, server.url);
+    await assert.rejects(send(pool, server.url), /without an answer/);
+    assert.equal(server.exchanges.length, 2);
+  });
+});
+
+Deno.test("a 408 as a pooled connection's request goes out is the server closing it: the request goes out again on a new one", async () => {
+  const script = (exchange: Exchange): Answer =>
+    exchange.connection === 0 && exchange.head.includes("second")
+      ? { parts: ["HTTP/1.1 408 Request Timeout\r\nconnection: close\r\n\r\n"], close: true }
+      : ok;
+  await withServer(script, async (server, pool) => {
+    await send(pool, server.url);
+    const second = await send(pool, server.url, { headers: { "x-which": "second" } });
+    assert.equal(second.status, 200);
+    assert.deepEqual(server.exchanges.map((exchange) => exchange.connection), [0, 0, 1]);
   });
 });
 
@@ -455,6 +488,9 @@ function earlyAnswerServer(close: boolean) {
   const { port } = listener.addr as Deno.NetAddr;
   return {
     url: new URL(`http://127.0.0.1:${port}/v1/chat/completions`),
+    get connections() {
+      return conns.length;
+    },
     close() {
       listener.close();
       for (const conn of conns) {
@@ -477,6 +513,10 @@ for (const close of [true, false]) {
       const answer = await within(send(pool, server.url, { body: big }), "the early answer");
       assert.equal(answer.status, 413);
       assert.equal(answer.text, "too large");
+      // The connection is left mid-request: the next request needs a connection of its own.
+      const next = await within(send(pool, server.url), "the next answer");
+      assert.equal(next.status, 413);
+      assert.equal(server.connections, 2);
     } finally {
       pool.close();
       server.close();
