@@ -35,9 +35,6 @@ const MAX_IDLE_PER_ORIGIN = 256;
 const STALE_WINDOW_MS = 100;
 const NO_BODY_STATUSES = new Set([204, 205, 304]);
 
-/** A protocol or connection failure before the answer's head was whole. */
-class ClosedBeforeAnswer extends Error {}
-
 /** One TCP connection and the bytes read from it that nobody has taken yet. */
 class Wire {
   readonly conn: Deno.TcpConn;
@@ -192,7 +189,7 @@ function parseHead(wire: Wire): Head | null {
     const lf = buffer.indexOf(10, at);
     if (lf === -1 || lf >= wire.end) {
       if (wire.available >= HEAD_LIMIT_BYTES) {
-        throw new ClosedBeforeAnswer(`Upstream answer's head exceeds ${HEAD_LIMIT_BYTES} bytes`);
+        throw new Error(`Upstream answer's head exceeds ${HEAD_LIMIT_BYTES} bytes`);
       }
       return null;
     }
@@ -206,12 +203,12 @@ function parseHead(wire: Wire): Head | null {
     if (blank) break;
   }
   if (at - wire.start > HEAD_LIMIT_BYTES) {
-    throw new ClosedBeforeAnswer(`Upstream answer's head exceeds ${HEAD_LIMIT_BYTES} bytes`);
+    throw new Error(`Upstream answer's head exceeds ${HEAD_LIMIT_BYTES} bytes`);
   }
   const lines = latin1(buffer.subarray(wire.start, at)).split("\n");
   wire.start = at;
   const statusLine = STATUS_LINE.exec(lines[0].replace(/\r$/, ""));
-  if (statusLine === null) throw new ClosedBeforeAnswer("Upstream answer is not HTTP/1.x");
+  if (statusLine === null) throw new Error("Upstream answer is not HTTP/1.x");
   const fields: [string, string][] = [];
   for (let i = 1; i < lines.length; i++) {
     const line = lines[i].replace(/\r$/, "");
@@ -225,7 +222,7 @@ function parseHead(wire: Wire): Head | null {
     const name = colon > 0 ? line.slice(0, colon) : "";
     // A malformed field line (no colon, space before it) could hide how the body is framed.
     if (!TOKEN.test(name)) {
-      throw new ClosedBeforeAnswer("Upstream answer has a malformed header line");
+      throw new Error("Upstream answer has a malformed header line");
     }
     fields.push([name.toLowerCase(), line.slice(colon + 1).replace(/^[ \t]+|[ \t]+$/g, "")]);
   }
@@ -254,14 +251,14 @@ function parseHead(wire: Wire): Head | null {
     const lengths = new Set(contentLength.split(",").map((part) => part.trim()));
     const [length] = lengths;
     if (lengths.size !== 1 || !/^\d{1,15}$/.test(length)) {
-      throw new ClosedBeforeAnswer("Upstream answer has an invalid content-length");
+      throw new Error("Upstream answer has an invalid content-length");
     }
     framing = { kind: "length", length: Number(length) };
   } else {
     framing = { kind: "close" };
   }
   const status = Number(statusLine[2]);
-  if (status < 100) throw new ClosedBeforeAnswer(`Upstream answered with status ${status}`);
+  if (status < 100) throw new Error(`Upstream answered with status ${status}`);
   // An answer that ends with its connection leaves nothing to reuse; 204 and 304 have no body.
   if (framing.kind === "close" && status !== 204 && status !== 304) keepAlive = false;
   const timeout = /(?:^|,)\s*timeout=(\d+)/i.exec(headers.get("keep-alive") ?? "");
@@ -420,9 +417,9 @@ export class Http1Pool {
   #sweep: ReturnType<typeof setInterval> | undefined;
 
   /**
-   * Sends one POST. A pooled connection that turns out closed before any byte of an answer (the
-   * server dropped it while idle) is replaced by another, and the request sent again; a request
-   * whose signal has fired is never sent again.
+   * Sends one POST: rejects on any failure before the answer's head is whole. A pooled connection
+   * that fails at once (the server dropped it while idle) costs one more send on a new connection;
+   * a request whose signal has fired is never sent again.
    */
   async send(
     url: URL,
@@ -634,13 +631,13 @@ async function readHead(wire: Wire): Promise<Head> {
     const head = parseHead(wire);
     if (head !== null) {
       if (head.status === 101) {
-        throw new ClosedBeforeAnswer("Upstream switched protocols instead of answering");
+        throw new Error("Upstream switched protocols instead of answering");
       }
       if (head.status >= 200) return head;
       continue;
     }
     if (!(await wire.fill())) {
-      throw new ClosedBeforeAnswer(
+      throw new Error(
         wire.received === 0
           ? "Upstream closed the connection without an answer"
           : "Upstream closed the connection inside the answer's head",
