@@ -171,7 +171,12 @@ export class SseRelay {
         }
       },
       cancel: async () => {
-        hooks.onEnd(this.#summary("client_aborted", "Client closed the connection"));
+        const end = this.#summary("client_aborted", "Client closed the connection");
+        // A client may stop at the end marker and hang up before the provider closes the body
+        // (the SDKs stop at [DONE]): it had the whole answer.
+        const whole = end.streamComplete === true && this.#ready.length === 0 &&
+          this.#errorMessage === null;
+        hooks.onEnd(whole ? { ...end, error: null, message: null } : end);
         await this.#reader.cancel().catch(() => {});
       },
     });

@@ -836,3 +836,43 @@ Deno.test("an OpenAI stream without include_usage logs usage null and the router
     await router.close();
   }
 });
+
+for (const api of ["openai", "anthropic"] as const) {
+  Deno.test(`${api}: a client that leaves once the end marker reached it had the whole answer; one that leaves before did not`, async () => {
+    const sse = await fixtureText(
+      api === "openai" ? "openai_chat_stream_usage.sse" : "anthropic_messages_stream.sse",
+    );
+    const marker = api === "openai" ? "[DONE]" : "message_stop";
+    // The provider sends every event (then only the first half), then keeps the connection open:
+    // the client leaves first.
+    const half = sse.slice(0, sse.indexOf("\n\n", sse.length / 2) + 2);
+    let served = 0;
+    const mock = startMockUpstream(() => ({ chunks: [served++ === 0 ? sse : half], hang: "body" }));
+    const router = startRouter({ providers: [provider("p", api, mock.url)] });
+    try {
+      for (const leaveAt of [marker, "data:"]) {
+        const response = await fetch(`${router.url}${PATHS[api]}`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({
+            model: MODELS[api],
+            max_tokens: 16,
+            stream: true,
+            messages: [{ role: "user", content: "hi" }],
+          }),
+        });
+        const reader = response.body!.getReader();
+        let seen = "";
+        while (!seen.includes(leaveAt)) seen += decoder.decode((await reader.read()).value);
+        await reader.cancel();
+      }
+      const [whole, cut] = await router.sink.waitFor(2);
+      assert.deepEqual([whole.status, whole.error, whole.stream_complete], [200, null, true]);
+      assert.equal(cut.status, 499);
+      assert.equal(cut.error?.type, "client_aborted");
+    } finally {
+      await router.close();
+      await mock.close();
+    }
+  });
+}
