@@ -26,11 +26,10 @@ export type UpstreamClient = (request: UpstreamRequest) => Promise<UpstreamRespo
  * The upstream client. Plain-http providers (local model servers, sidecars, gateways on the same
  * network) go through the router's own HTTP/1.1 client on Deno's TCP connections (src/http1.ts),
  * with a keep-alive pool per origin: it costs less CPU per request and per streamed chunk than
- * `fetch` or `node:http`. https providers go through
- * `fetch`: Deno's `node:https` needs `--allow-sys` (to read root certificates), which the router's
- * permissions leave out. Both hand the router plain bytes: `fetch` undoes a content encoding
- * itself, and the http client asks for none and undoes one a provider applies anyway.
- * `caCerts` adds trusted roots for https providers (a private CA).
+ * `fetch` or `node:http`. https providers go through `fetch`, which also brings HTTP/2, proxy
+ * settings from the environment and Deno's certificate store. Both hand the router plain bytes:
+ * `fetch` undoes a content encoding itself, and the http client asks for none and undoes one a
+ * provider applies anyway. `caCerts` adds trusted roots for https providers (a private CA).
  */
 export function createHttpClient(
   options: { caCerts?: string[] } = {},
