@@ -122,12 +122,11 @@ class Wire {
   /** The next line without its CR LF (a bare LF also ends it), or null until it is whole. */
   line(): string | null {
     const lf = this.buffer.indexOf(10, this.start);
-    if (lf === -1 || lf >= this.end) {
-      if (this.available >= HEAD_LIMIT_BYTES) {
-        throw new Error(`Upstream sent a line longer than ${HEAD_LIMIT_BYTES} bytes`);
-      }
-      return null;
+    const whole = lf !== -1 && lf < this.end;
+    if ((whole ? lf - this.start : this.available) >= HEAD_LIMIT_BYTES) {
+      throw new Error(`Upstream sent a line longer than ${HEAD_LIMIT_BYTES} bytes`);
     }
+    if (!whole) return null;
     const end = lf > this.start && this.buffer[lf - 1] === 13 ? lf - 1 : lf;
     const text = latin1(this.buffer.subarray(this.start, end));
     this.start = lf + 1;
@@ -160,10 +159,15 @@ const asciiDecoder = new TextDecoder();
 
 /** Bytes as the characters of the same codes, as HTTP's field values are read. */
 function latin1(bytes: Uint8Array): string {
-  for (const byte of bytes) {
-    if (byte > 0x7f) return String.fromCharCode(...bytes);
+  let ascii = true;
+  for (let i = 0; i < bytes.length && ascii; i++) ascii = bytes[i] < 0x80;
+  if (ascii) return asciiDecoder.decode(bytes);
+  let text = "";
+  // In slices: a spread of too many arguments overflows the stack.
+  for (let at = 0; at < bytes.length; at += 4096) {
+    text += String.fromCharCode(...bytes.subarray(at, at + 4096));
   }
-  return asciiDecoder.decode(bytes);
+  return text;
 }
 
 interface Head {

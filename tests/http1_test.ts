@@ -347,6 +347,22 @@ for (
   });
 }
 
+Deno.test("a chunk-size line over 16 KiB errors the body, however it arrives", async () => {
+  const long = new Uint8Array([0x32, 0x3b, ...new Uint8Array(30_000).fill(0xe9), 0x0d, 0x0a]);
+  await withServer(
+    () => ({
+      parts: [
+        // A large chunk first grows the read buffer, so the long line can arrive in one read.
+        `HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n186a0\r\n${"x".repeat(100_000)}\r\n`,
+        concat([long, "hi\r\n0\r\n\r\n"]),
+      ],
+    }),
+    async (server, pool) => {
+      await assert.rejects(send(pool, server.url), /line longer than 16384 bytes/);
+    },
+  );
+});
+
 Deno.test("a chunked answer whose chunk runs past its size errors the body", async () => {
   await withServer(
     () => ({
