@@ -47,7 +47,7 @@ const providerSchema = z.strictObject({
   api_key: z.string().optional(),
   base_url: z.url({ protocol: /^https?$/ }).refine(
     (url) => !/^[a-z]+:\/\/[^/?#]*@/i.test(url),
-    "must not carry credentials (user:password@host): they would not be sent; use api_key",
+    "must not carry credentials (user:password@host): set the provider's key as api_key",
   ).optional(),
   priority: z.int().default(1),
   models: z.array(z.string().min(1)).optional(),

@@ -419,6 +419,7 @@ function encodeRequest(
 export class Http1Pool {
   #idle = new Map<string, Wire[]>();
   #sweep: ReturnType<typeof setInterval> | undefined;
+  #closed = false;
 
   /**
    * Sends one POST: rejects on any failure before the answer's head is whole. A pooled connection
@@ -547,15 +548,15 @@ export class Http1Pool {
   }
 
   #put(origin: string, wire: Wire, serverIdleMs: number | null): void {
-    let idle = this.#idle.get(origin);
-    if (idle === undefined) this.#idle.set(origin, idle = []);
-    if (idle.length >= MAX_IDLE_PER_ORIGIN) {
-      wire.close();
-      return;
-    }
     const keep = serverIdleMs === null
       ? IDLE_REUSE_MS
       : Math.min(IDLE_REUSE_MS, serverIdleMs - 1000);
+    let idle = this.#idle.get(origin);
+    if (idle === undefined) this.#idle.set(origin, idle = []);
+    if (this.#closed || keep <= 0 || idle.length >= MAX_IDLE_PER_ORIGIN) {
+      wire.close();
+      return;
+    }
     wire.idleUntil = Date.now() + keep;
     idle.push(wire);
     wire.park(() => {
@@ -593,7 +594,9 @@ export class Http1Pool {
     return timer;
   }
 
+  /** Closes the idle connections; those still in use close when their answers end. */
   close(): void {
+    this.#closed = true;
     clearInterval(this.#sweep);
     this.#sweep = undefined;
     for (const idle of this.#idle.values()) for (const wire of idle) wire.close();

@@ -155,7 +155,12 @@ export class SseRelay {
           try {
             result = await this.#read();
           } catch (error) {
-            this.#endWithError(controller, hooks, hooks.failureKind(), String(error));
+            // A provider that drops the connection after its end marker sent the whole answer.
+            if (this.#completeSoFar()) {
+              this.#endOfStream(controller, hooks);
+            } else {
+              this.#endWithError(controller, hooks, hooks.failureKind(), String(error));
+            }
             return;
           }
           if (result.done) {
@@ -171,11 +176,10 @@ export class SseRelay {
         }
       },
       cancel: async () => {
-        const end = this.#summary("client_aborted", "Client closed the connection");
         // A client may stop at the end marker and hang up before the provider closes the body
         // (the SDKs stop at [DONE]): it had the whole answer.
-        const whole = end.streamComplete === true && this.#ready.length === 0 &&
-          this.#errorMessage === null;
+        const whole = this.#completeSoFar();
+        const end = this.#summary("client_aborted", "Client closed the connection");
         hooks.onEnd(whole ? { ...end, error: null, message: null } : end);
         await this.#reader.cancel().catch(() => {});
       },
@@ -317,6 +321,16 @@ export class SseRelay {
     }
     controller.close();
     hooks.onEnd(this.#summary(kind, message));
+  }
+
+  /** Whether the events passed to the client so far make a whole answer. */
+  #completeSoFar(): boolean {
+    try {
+      this.#tap();
+    } catch {
+      return false;
+    }
+    return this.#assembler.complete && this.#errorMessage === null && this.#ready.length === 0;
   }
 
   #summary(error: AttemptError | null, message: string | null): RelayEnd {

@@ -141,7 +141,7 @@ Deno.test("config strips trailing slashes from base_url", () => {
   assert.equal(config.providers[0].base_url, "http://localhost:11434/v1");
 });
 
-Deno.test("config refuses credentials in base_url, which neither upstream client would send", () => {
+Deno.test("config refuses credentials in base_url", () => {
   for (const base_url of ["http://user:secret@localhost:8080/v1", "https://user@gateway.example"]) {
     const error = configError(() => parseConfig(oneProvider({ base_url }), noEnv));
     assert.match(error.message, /base_url: must not carry credentials/);

@@ -9,7 +9,7 @@ import {
   sseHeaders,
   startMockUpstream,
 } from "../tools/mock_upstream.ts";
-import { concat, provider, type RunningRouter, startRouter, within } from "./harness.ts";
+import { concat, provider, rawServer, type RunningRouter, startRouter, within } from "./harness.ts";
 import { attemptsOf } from "./resilience_util.ts";
 
 type Api = "openai" | "anthropic";
@@ -863,7 +863,11 @@ for (const api of ["openai", "anthropic"] as const) {
         });
         const reader = response.body!.getReader();
         let seen = "";
-        while (!seen.includes(leaveAt)) seen += decoder.decode((await reader.read()).value);
+        while (!seen.includes(leaveAt)) {
+          const { done, value } = await reader.read();
+          assert.ok(!done, `the stream ended before ${leaveAt}`);
+          seen += decoder.decode(value);
+        }
         await reader.cancel();
       }
       const [whole, cut] = await router.sink.waitFor(2);
@@ -873,6 +877,39 @@ for (const api of ["openai", "anthropic"] as const) {
     } finally {
       await router.close();
       await mock.close();
+    }
+  });
+}
+
+for (const api of ["openai", "anthropic"] as const) {
+  Deno.test(`${api}: a provider that drops the connection after its end marker sent the whole answer`, async () => {
+    const sse = await fixtureText(
+      api === "openai" ? "openai_chat_stream_usage.sse" : "anthropic_messages_stream.sse",
+    );
+    // Chunked, every event sent, then the connection closes without the body's last chunk.
+    const cut = rawServer(
+      "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+      `${new TextEncoder().encode(sse).length.toString(16)}\r\n${sse}\r\n`,
+    );
+    const router = startRouter({ providers: [provider("p", api, cut.url)] });
+    try {
+      const response = await fetch(`${router.url}${PATHS[api]}`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({
+          model: MODELS[api],
+          max_tokens: 16,
+          stream: true,
+          messages: [{ role: "user", content: "hi" }],
+        }),
+      });
+      assert.equal(await response.text(), sse, "the events as sent, and no error event after");
+      const [record] = await router.sink.waitFor(1);
+      assert.deepEqual([record.status, record.error, record.stream_complete], [200, null, true]);
+      assert.deepEqual(attemptsOf(record), [["p", 200, null]]);
+    } finally {
+      await router.close();
+      cut.close();
     }
   });
 }
