@@ -837,11 +837,15 @@ Deno.test("an OpenAI stream without include_usage logs usage null and the router
   }
 });
 
+/** A whole stream of each API, its end marker included. */
+const WHOLE_STREAM: Record<Api, string> = {
+  openai: "openai_chat_stream_usage.sse",
+  anthropic: "anthropic_messages_stream.sse",
+};
+
 for (const api of ["openai", "anthropic"] as const) {
   Deno.test(`${api}: a client that leaves once the end marker reached it had the whole answer; one that leaves before did not`, async () => {
-    const sse = await fixtureText(
-      api === "openai" ? "openai_chat_stream_usage.sse" : "anthropic_messages_stream.sse",
-    );
+    const sse = await fixtureText(WHOLE_STREAM[api]);
     const marker = api === "openai" ? "[DONE]" : "message_stop";
     // The provider sends every event (then only the first half), then keeps the connection open:
     // the client leaves first.
@@ -851,16 +855,7 @@ for (const api of ["openai", "anthropic"] as const) {
     const router = startRouter({ providers: [provider("p", api, mock.url)] });
     try {
       for (const leaveAt of [marker, "data:"]) {
-        const response = await fetch(`${router.url}${PATHS[api]}`, {
-          method: "POST",
-          headers: { "content-type": "application/json" },
-          body: JSON.stringify({
-            model: MODELS[api],
-            max_tokens: 16,
-            stream: true,
-            messages: [{ role: "user", content: "hi" }],
-          }),
-        });
+        const response = await post(router, api, streamRequest(api));
         const reader = response.body!.getReader();
         let seen = "";
         while (!seen.includes(leaveAt)) {
@@ -883,9 +878,7 @@ for (const api of ["openai", "anthropic"] as const) {
 
 for (const api of ["openai", "anthropic"] as const) {
   Deno.test(`${api}: a provider that drops the connection after its end marker sent the whole answer`, async () => {
-    const sse = await fixtureText(
-      api === "openai" ? "openai_chat_stream_usage.sse" : "anthropic_messages_stream.sse",
-    );
+    const sse = await fixtureText(WHOLE_STREAM[api]);
     // Chunked, every event sent, then the connection closes without the body's last chunk.
     const cut = rawServer(
       "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
@@ -893,16 +886,7 @@ for (const api of ["openai", "anthropic"] as const) {
     );
     const router = startRouter({ providers: [provider("p", api, cut.url)] });
     try {
-      const response = await fetch(`${router.url}${PATHS[api]}`, {
-        method: "POST",
-        headers: { "content-type": "application/json" },
-        body: JSON.stringify({
-          model: MODELS[api],
-          max_tokens: 16,
-          stream: true,
-          messages: [{ role: "user", content: "hi" }],
-        }),
-      });
+      const response = await post(router, api, streamRequest(api));
       assert.equal(await response.text(), sse, "the events as sent, and no error event after");
       const [record] = await router.sink.waitFor(1);
       assert.deepEqual([record.status, record.error, record.stream_complete], [200, null, true]);
