@@ -178,9 +178,11 @@ export class SseRelay {
       cancel: async () => {
         // A client may stop at the end marker and hang up before the provider closes the body
         // (the SDKs stop at [DONE]): it had the whole answer.
-        const whole = this.#completeSoFar();
-        const end = this.#summary("client_aborted", "Client closed the connection");
-        hooks.onEnd(whole ? { ...end, error: null, message: null } : end);
+        hooks.onEnd(
+          this.#completeSoFar()
+            ? this.#summary(null, null)
+            : this.#summary("client_aborted", "Client closed the connection"),
+        );
         await this.#reader.cancel().catch(() => {});
       },
     });
