@@ -882,7 +882,7 @@ for (const api of ["openai", "anthropic"] as const) {
     // Chunked, every event sent, then the connection closes without the body's last chunk.
     const cut = rawServer(
       "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
-      `${new TextEncoder().encode(sse).length.toString(16)}\r\n${sse}\r\n`,
+      `${encoder.encode(sse).length.toString(16)}\r\n${sse}\r\n`,
     );
     const router = startRouter({ providers: [provider("p", api, cut.url)] });
     try {
