@@ -12,8 +12,23 @@ export interface Http1Answer {
   statusText: string;
   headers: Headers;
   /** Null when the status carries no body (204, 205, 304). */
-  body: ReadableStream<Uint8Array<ArrayBuffer>> | null;
+  body: BodyReader | null;
 }
+
+/**
+ * An answer's body, read in order, one read at a time; `cancel` gives up on the rest. A stream's
+ * reader is one; the client hands over its own, with no stream in between, since the router's
+ * relay is the body's only reader and a stream would add its machinery to every chunk.
+ */
+export interface BodyReader {
+  read(): Promise<ReadableStreamReadResult<Uint8Array<ArrayBuffer>>>;
+  cancel(reason?: unknown): Promise<void>;
+}
+
+const DONE: ReadableStreamReadDoneResult<Uint8Array<ArrayBuffer>> = {
+  done: true,
+  value: undefined,
+};
 
 /** The cap on an answer's head, and on a chunk-size or trailer line. */
 const HEAD_LIMIT_BYTES = 16 * 1024;
@@ -71,18 +86,18 @@ class Wire {
   #reading: Promise<boolean> | null = null;
 
   async #read(): Promise<boolean> {
-    if (this.start === this.end) this.start = this.end = 0;
-    const full = this.start === 0 && this.end === this.buffer.length;
-    if ((full || this.filledLast) && this.buffer.length < LARGEST_BUFFER_BYTES) {
-      const larger = new Uint8Array(this.buffer.length * 2);
-      larger.set(this.buffer.subarray(this.start, this.end));
-      this.buffer = larger;
-      this.end -= this.start;
-      this.start = 0;
-    } else if (this.end === this.buffer.length) {
+    // What is left unread (part of a line, a chunk's CRLF) moves to the front, so each read has
+    // the whole buffer but that: a read that fills it then means a large body, not a small room.
+    if (this.start > 0) {
       this.buffer.copyWithin(0, this.start, this.end);
       this.end -= this.start;
       this.start = 0;
+    }
+    const full = this.end === this.buffer.length;
+    if ((full || this.filledLast) && this.buffer.length < LARGEST_BUFFER_BYTES) {
+      const larger = new Uint8Array(this.buffer.length * 2);
+      larger.set(this.buffer.subarray(0, this.end));
+      this.buffer = larger;
     }
     const space = this.buffer.length - this.end;
     const read = await this.conn.read(this.buffer.subarray(this.end));
@@ -512,22 +527,34 @@ export class Http1Pool {
       finish(status !== 205 || decoder.done);
       return { status, statusText, headers, body: null };
     }
-    const body = new ReadableStream<Uint8Array<ArrayBuffer>>({
-      pull: async (controller) => {
+    // Reads after the end, after a failure or after a cancel answer as a stream's would.
+    let ended = false;
+    let failure: { reason: unknown } | null = null;
+    const body: BodyReader = {
+      read: async () => {
+        if (failure !== null) throw failure.reason;
+        if (ended) return DONE;
         try {
           const piece = await decoder.next();
-          if (piece !== null) controller.enqueue(piece);
           if (piece === null || decoder.done) {
+            ended = true;
             finish(true);
-            controller.close();
           }
+          return piece === null ? DONE : { done: false, value: piece };
         } catch (error) {
+          if (ended) return DONE;
+          ended = true;
           finish(false);
-          controller.error(signal.aborted ? signal.reason : error);
+          failure = { reason: signal.aborted ? signal.reason : error };
+          throw failure.reason;
         }
       },
-      cancel: () => finish(false),
-    }, { highWaterMark: 0 });
+      cancel: () => {
+        ended = true;
+        finish(false);
+        return Promise.resolve();
+      },
+    };
     if (decoder.done) finish(true);
     return { status, statusText, headers, body };
   }

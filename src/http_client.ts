@@ -1,4 +1,4 @@
-import { Http1Pool } from "./http1.ts";
+import { type BodyReader, Http1Pool } from "./http1.ts";
 
 /** One request to a provider: the body is known in full, the signal ends it at any point. */
 export interface UpstreamRequest {
@@ -15,7 +15,7 @@ export interface UpstreamResponse {
   statusText: string;
   headers: Headers;
   /** Null for statuses that carry no body (204, 205, 304). */
-  body: ReadableStream<Uint8Array<ArrayBuffer>> | null;
+  body: BodyReader | null;
   /** The client undid the body's content encoding: `content-encoding` no longer describes it. */
   decoded: boolean;
 }
@@ -65,8 +65,14 @@ async function fetchUpstream(
     // A redirect is the provider's answer: following it would send the key and prompt elsewhere.
     redirect: "manual",
   });
-  const { status, statusText, headers, body } = response;
-  return { status, statusText, headers, body, decoded: FETCH_DECODES.has(encodingOf(headers)) };
+  const { status, statusText, headers } = response;
+  return {
+    status,
+    statusText,
+    headers,
+    body: response.body?.getReader() ?? null,
+    decoded: FETCH_DECODES.has(encodingOf(headers)),
+  };
 }
 
 /** The content encodings Deno's fetch undoes by itself. */
@@ -93,7 +99,9 @@ function plainHttpClient(): UpstreamClient & { close(): void } {
       status,
       statusText,
       headers,
-      body: format === null ? body : body!.pipeThrough(new DecompressionStream(format)),
+      body: format === null
+        ? body
+        : streamOf(body!).pipeThrough(new DecompressionStream(format)).getReader(),
       decoded: format !== null,
     };
   };
@@ -106,4 +114,16 @@ function decompression(encoding: string): CompressionFormat | null {
   if (encoding === "deflate") return "deflate";
   if (encoding === "br") return "brotli" as CompressionFormat;
   return null;
+}
+
+/** A body reader as a stream, to pipe through a decompressor. */
+function streamOf(body: BodyReader): ReadableStream<Uint8Array<ArrayBuffer>> {
+  return new ReadableStream({
+    async pull(controller) {
+      const result = await body.read();
+      if (result.done) controller.close();
+      else controller.enqueue(result.value);
+    },
+    cancel: (reason) => body.cancel(reason),
+  }, { highWaterMark: 0 });
 }

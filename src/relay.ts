@@ -1,4 +1,5 @@
 import type { AttemptError } from "./attempt.ts";
+import type { BodyReader } from "./http1.ts";
 import { concatBytes } from "./bytes.ts";
 import { asObject, type JsonObject, parseBody, tryParseJson } from "./json.ts";
 import type { Dialect, EventFilter, EventRole, StreamAssembler } from "./providers/mod.ts";
@@ -63,7 +64,7 @@ function enqueueOwned(controller: ReadableByteStreamController, bytes: Uint8Arra
  * the provider's bytes through unchanged while the dialect's assembler reads a copy.
  */
 export class SseRelay {
-  #reader: ReadableStreamDefaultReader<Uint8Array>;
+  #reader: BodyReader;
   #dialect: Dialect;
   #assembler: StreamAssembler;
   #framer = new SseFramer();
@@ -93,7 +94,7 @@ export class SseRelay {
    * `onReading` hears when a read from upstream starts and ends (for the idle timeout).
    */
   constructor(
-    body: ReadableStream<Uint8Array>,
+    body: BodyReader,
     dialect: Dialect,
     options: {
       filter: EventFilter | null;
@@ -102,7 +103,7 @@ export class SseRelay {
       textLimit: number;
     },
   ) {
-    this.#reader = body.getReader();
+    this.#reader = body;
     this.#dialect = dialect;
     this.#assembler = dialect.newAssembler(options.textLimit);
     this.#filter = options.filter;
@@ -377,7 +378,7 @@ export interface PlainHead {
   chunks: Uint8Array[];
   bytes: number;
   ended: boolean;
-  reader: ReadableStreamDefaultReader<Uint8Array>;
+  reader: BodyReader;
   /** A read still under way when the hold ran out; the relay takes it up first. */
   pending: Promise<ReadableStreamReadResult<Uint8Array>> | null;
 }
@@ -389,11 +390,10 @@ export interface PlainHead {
  * failed read throws.
  */
 export async function readPlainHead(
-  body: ReadableStream<Uint8Array>,
+  reader: BodyReader,
   declaredLength: number | null,
   onReading: (pending: boolean) => void,
 ): Promise<PlainHead> {
-  const reader = body.getReader();
   const head: PlainHead = { chunks: [], bytes: 0, ended: false, reader, pending: null };
   // Only a body of unknown length needs the time bound (and so a timer).
   let expired: Promise<"expired"> | null = null;

@@ -8,6 +8,7 @@ import type { Trace } from "./record.ts";
 import { type PlainHead, readPlainHead, SseRelay } from "./relay.ts";
 import { allFailed, clientGone, commitResponse, reject } from "./respond.ts";
 import type { UpstreamClient, UpstreamResponse } from "./http_client.ts";
+import type { BodyReader } from "./http1.ts";
 import { AttemptSignal, type InFlight, upstreamRequestHeaders } from "./upstream.ts";
 
 /** What the router needs of one validated client request. */
@@ -49,7 +50,7 @@ function keepBytes(config: Config): number {
 
 /** Reads a plain answer ahead of commit, with the length its provider declared, if any. */
 function readAhead(
-  body: ReadableStream<Uint8Array>,
+  body: BodyReader,
   headers: Headers,
   signal: AttemptSignal,
 ): Promise<PlainHead> {

@@ -64,7 +64,7 @@ const upstream: UpstreamClient = () => {
         controller.enqueue(bytes);
         controller.close();
       },
-    }),
+    }).getReader(),
     decoded: false,
   });
 };

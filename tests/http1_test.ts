@@ -111,7 +111,9 @@ async function send(
     options.signal ?? new AbortController().signal,
   );
   const pieces: Uint8Array<ArrayBuffer>[] = [];
-  if (answer.body !== null) { for await (const piece of answer.body) pieces.push(piece); }
+  for (let read = await answer.body?.read(); read && !read.done; read = await answer.body!.read()) {
+    pieces.push(read.value);
+  }
   const text = new TextDecoder().decode(await new Blob(pieces).arrayBuffer());
   return { ...answer, pieces, text };
 }
@@ -177,6 +179,25 @@ Deno.test("a large answer is read in growing pieces, not in the small ones a wai
       assert.ok(again.pieces[0].length <= 4096, `first piece ${again.pieces[0].length} bytes`);
     },
   );
+});
+
+Deno.test("a stream of small events keeps its small buffer when each read leaves a byte behind", async () => {
+  // Every write ends inside a chunk's CRLF, so a byte stays unread after each: the buffer must
+  // not take the small room left at its end for a read that filled it.
+  const data = "d".repeat(100);
+  const small = Array.from({ length: 100 }, () => `64\r\n${data}\r`).join("\n") + "\n";
+  const big = "b".repeat(6000);
+  const parts = [
+    "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+    ...small.split(/(?<=\r)(?=\n64)/),
+    `${big.length.toString(16)}\r\n${big}\r\n0\r\n\r\n`,
+  ];
+  await withServer(() => ({ parts }), async (server, pool) => {
+    const answer = await send(pool, server.url);
+    assert.equal(answer.text, data.repeat(100) + big);
+    const largest = Math.max(...answer.pieces.map((piece) => piece.length));
+    assert.ok(largest <= 4096, `a piece of ${largest} bytes`);
+  });
 });
 
 Deno.test("a content-length answer split across writes arrives whole; the request carries host and length", async () => {
@@ -398,13 +419,41 @@ Deno.test("an abort in the middle of a body errors it with the signal's reason a
     async (server, pool) => {
       const leaving = new AbortController();
       const answer = await pool.send(server.url, {}, encoder.encode("{}"), leaving.signal);
-      const reader = answer.body!.getReader();
+      const reader = answer.body!;
       assert.equal(new TextDecoder().decode((await reader.read()).value), "hi");
       const pending = reader.read();
       leaving.abort(new Error("client left"));
       await assert.rejects(pending, /client left/);
       assert.equal((await send(pool, server.url)).text, "ok");
       assert.equal(server.connections, 2, "the aborted connection was not reused");
+    },
+  );
+});
+
+Deno.test("a cancel while a read waits ends the body there: the read and any later one see its end", async () => {
+  await withServer(
+    (_, i) => ({
+      parts: [
+        i === 0
+          ? "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n"
+          : "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+      ],
+    }),
+    async (server, pool) => {
+      const answer = await pool.send(
+        server.url,
+        {},
+        encoder.encode("{}"),
+        new AbortController().signal,
+      );
+      const reader = answer.body!;
+      assert.equal(new TextDecoder().decode((await reader.read()).value), "hi");
+      const pending = reader.read();
+      await reader.cancel();
+      assert.deepEqual(await pending, { done: true, value: undefined });
+      assert.deepEqual(await reader.read(), { done: true, value: undefined });
+      assert.equal((await send(pool, server.url)).text, "ok");
+      assert.equal(server.connections, 2, "the cancelled connection was not reused");
     },
   );
 });
