@@ -146,6 +146,37 @@ Deno.test("openai assembler joins parallel tool_calls by index", async () => {
   );
 });
 
+Deno.test("openai assembler rebuilds a long stream's content and tool arguments whole, within its text budget", () => {
+  const chunk = (delta: unknown) =>
+    event(JSON.stringify({ id: "c1", model: "m", choices: [{ index: 0, delta }] }));
+  const pieces = Array.from({ length: 1000 }, (_, i) => `w${i} `);
+  const args = Array.from({ length: 300 }, (_, i) => `${i},`);
+  const build = (limit: number) => {
+    const assembler = openai.newAssembler(limit);
+    for (const piece of pieces) assembler.add(chunk({ content: piece }));
+    for (const [i, part] of args.entries()) {
+      const fn = i === 0 ? { name: "f", arguments: part } : { arguments: part };
+      assembler.add(
+        chunk({ tool_calls: [{ index: 0, ...(i === 0 ? { id: "t1" } : {}), function: fn }] }),
+      );
+    }
+    const response = assembler.response() as {
+      choices: {
+        message: { content: string; tool_calls: { function: { arguments: string } }[] };
+      }[];
+    };
+    return response.choices[0].message;
+  };
+  const whole = build(0);
+  assert.equal(whole.content, pieces.join(""));
+  assert.deepEqual(whole.tool_calls, [
+    { id: "t1", type: "function", function: { name: "f", arguments: args.join("") } },
+  ]);
+  const cut = build(100);
+  assert.equal(cut.content, pieces.join("").slice(0, 100));
+  assert.equal(cut.tool_calls[0].function.arguments, "");
+});
+
 Deno.test("openai assembler gives each chunk its commit role", async () => {
   const events = await fixtureEvents("openai_chat_stream_usage.sse");
   const { roles, assembler } = assemble("openai", events);
@@ -311,6 +342,53 @@ Deno.test("anthropic assembler rebuilds thinking, text and tool_use blocks", asy
     stop_sequence: null,
     usage,
   });
+});
+
+Deno.test("anthropic assembler rebuilds long thinking, text and tool input whole, and cuts them at its text budget", () => {
+  const start = (index: number, block: unknown) =>
+    event(
+      JSON.stringify({ type: "content_block_start", index, content_block: block }),
+      "content_block_start",
+    );
+  const delta = (index: number, body: unknown) =>
+    event(
+      JSON.stringify({ type: "content_block_delta", index, delta: body }),
+      "content_block_delta",
+    );
+  const stop = (index: number) =>
+    event(JSON.stringify({ type: "content_block_stop", index }), "content_block_stop");
+  const thoughts = Array.from({ length: 500 }, (_, i) => `t${i} `);
+  const words = Array.from({ length: 1000 }, (_, i) => `w${i} `);
+  const list = Array.from({ length: 200 }, (_, i) => i);
+  const json = JSON.stringify({ list });
+  const build = (limit: number) => {
+    const assembler = anthropic.newAssembler(limit);
+    assembler.add(
+      event(JSON.stringify({ type: "message_start", message: { id: "m1" } }), "message_start"),
+    );
+    assembler.add(start(0, { type: "thinking", thinking: "" }));
+    for (const piece of thoughts) {
+      assembler.add(delta(0, { type: "thinking_delta", thinking: piece }));
+    }
+    assembler.add(stop(0));
+    assembler.add(start(1, { type: "text", text: "" }));
+    for (const piece of words) assembler.add(delta(1, { type: "text_delta", text: piece }));
+    assembler.add(stop(1));
+    assembler.add(start(2, { type: "tool_use", id: "tu", name: "f", input: {} }));
+    for (let i = 0; i < json.length; i += 3) {
+      assembler.add(delta(2, { type: "input_json_delta", partial_json: json.slice(i, i + 3) }));
+    }
+    return (assembler.response() as { content: Record<string, unknown>[] }).content;
+  };
+  assert.deepEqual(build(0), [
+    { type: "thinking", thinking: thoughts.join("") },
+    { type: "text", text: words.join("") },
+    { type: "tool_use", id: "tu", name: "f", input: { list } },
+  ]);
+  const cut = build(50);
+  assert.equal(cut[0].thinking, thoughts.join("").slice(0, 50));
+  assert.equal(cut[1].text, "");
+  assert.deepEqual(cut[2].input, {});
 });
 
 Deno.test("anthropic assembler parses tool input even when the stream stops before block stop", async () => {

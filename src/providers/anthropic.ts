@@ -1,6 +1,6 @@
 import type { EventSourceMessage } from "eventsource-parser";
 import { asObject, count, type JsonObject, tryParseJson } from "../json.ts";
-import { TextBudget } from "./budget.ts";
+import { TextBudget, TextPieces } from "./budget.ts";
 import type { Dialect, EventRole, StreamAssembler } from "./mod.ts";
 
 const OUTPUT_EVENTS = new Set(["content_block_delta", "message_delta", "message_stop"]);
@@ -12,6 +12,13 @@ function mergeDefined(into: JsonObject, from: JsonObject): void {
   }
 }
 
+/** A block's growing texts until it stops: its `text` or `thinking`, its tool input's JSON. */
+interface OpenBlock {
+  text?: TextPieces;
+  thinking?: TextPieces;
+  json?: TextPieces;
+}
+
 /** Rebuilds a `message` object from Messages API stream events. */
 class MessageStreamAssembler implements StreamAssembler {
   complete = false;
@@ -20,7 +27,7 @@ class MessageStreamAssembler implements StreamAssembler {
   #message: JsonObject | null = null;
   /** By index; a map, so a hostile index cannot make a huge sparse array. */
   #blocks = new Map<number, JsonObject>();
-  #partialJson = new Map<number, string>();
+  #open = new Map<number, OpenBlock>();
   #budget: TextBudget;
 
   constructor(textLimit: number) {
@@ -68,22 +75,21 @@ class MessageStreamAssembler implements StreamAssembler {
   #applyDelta(index: number, delta: JsonObject): void {
     let block = this.#blocks.get(index);
     if (block === undefined) this.#blocks.set(index, block = {});
+    let open = this.#open.get(index);
+    if (open === undefined) this.#open.set(index, open = {});
     const keep = (text: unknown) => this.#budget.take(String(text ?? ""));
     switch (delta.type) {
       case "text_delta":
-        block.text = String(block.text ?? "") + keep(delta.text);
+        (open.text ??= new TextPieces(String(block.text ?? ""))).add(keep(delta.text));
         break;
       case "thinking_delta":
-        block.thinking = String(block.thinking ?? "") + keep(delta.thinking);
+        (open.thinking ??= new TextPieces(String(block.thinking ?? ""))).add(keep(delta.thinking));
         break;
       case "signature_delta":
         block.signature = delta.signature;
         break;
       case "input_json_delta":
-        this.#partialJson.set(
-          index,
-          (this.#partialJson.get(index) ?? "") + keep(delta.partial_json),
-        );
+        (open.json ??= new TextPieces()).add(keep(delta.partial_json));
         break;
       case "citations_delta":
         block.citations = [
@@ -94,18 +100,25 @@ class MessageStreamAssembler implements StreamAssembler {
     }
   }
 
+  /** Writes a block's texts into it, the tool input parsed from its JSON. */
   #finishBlock(index: number): void {
-    const json = this.#partialJson.get(index);
-    if (json === undefined) return;
-    this.#partialJson.delete(index);
-    const input = json === "" ? {} : tryParseJson(json);
+    const open = this.#open.get(index);
+    if (open === undefined) return;
+    this.#open.delete(index);
     const block = this.#blocks.get(index);
-    if (block !== undefined) block.input = input === undefined ? json : input;
+    if (block === undefined) return;
+    if (open.text !== undefined) block.text = open.text.toString();
+    if (open.thinking !== undefined) block.thinking = open.thinking.toString();
+    if (open.json !== undefined) {
+      const json = open.json.toString();
+      const input = json === "" ? {} : tryParseJson(json);
+      block.input = input === undefined ? json : input;
+    }
   }
 
   response(): JsonObject | null {
     if (this.#message === null) return null;
-    for (const index of [...this.#partialJson.keys()]) this.#finishBlock(index);
+    for (const index of [...this.#open.keys()]) this.#finishBlock(index);
     const content = [...this.#blocks].sort(([a], [b]) => a - b).map(([, block]) => block);
     return { ...this.#message, content, usage: this.usage };
   }

@@ -1,6 +1,6 @@
 import type { EventSourceMessage } from "eventsource-parser";
 import { asObject, count, type JsonObject, tryParseJson } from "../json.ts";
-import { TextBudget } from "./budget.ts";
+import { TextBudget, TextPieces } from "./budget.ts";
 import type { Dialect, EventRole, StreamAssembler } from "./mod.ts";
 import { openaiUsageInjection } from "./openai_usage.ts";
 
@@ -21,6 +21,23 @@ interface Choice {
   finish_reason: string | null;
 }
 
+/** A choice while its deltas arrive: the growing texts kept as pieces. */
+interface ChoiceState {
+  index: number;
+  role: string;
+  content: TextPieces | null;
+  refusal: TextPieces | null;
+  toolCalls?: ToolCallState[];
+  finishReason: string | null;
+}
+
+interface ToolCallState {
+  id?: string;
+  type: string;
+  name: string;
+  arguments: TextPieces;
+}
+
 /** Choices and tool calls beyond this index are not reassembled: no provider sends so many. */
 const MAX_INDEX = 1024;
 
@@ -34,7 +51,7 @@ class ChatStreamAssembler implements StreamAssembler {
   malformed = 0;
   usage: JsonObject | null = null;
   #head: JsonObject | null = null;
-  #choices = new Map<number, Choice>();
+  #choices = new Map<number, ChoiceState>();
   #budget: TextBudget;
 
   constructor(textLimit: number) {
@@ -73,46 +90,38 @@ class ChatStreamAssembler implements StreamAssembler {
     if (!(index >= 0 && index < MAX_INDEX)) return;
     let state = this.#choices.get(index);
     if (state === undefined) {
-      state = {
-        index,
-        message: { role: "assistant", content: null, refusal: null },
-        finish_reason: null,
-      };
+      state = { index, role: "assistant", content: null, refusal: null, finishReason: null };
       this.#choices.set(index, state);
     }
-    const message = state.message;
     const keep = (text: string) => this.#budget.take(text);
-    if (typeof delta.role === "string") message.role = delta.role;
+    if (typeof delta.role === "string") state.role = delta.role;
     if (typeof delta.content === "string") {
-      message.content = (message.content ?? "") + keep(delta.content);
+      (state.content ??= new TextPieces()).add(keep(delta.content));
     }
     if (typeof delta.refusal === "string") {
-      message.refusal = (message.refusal ?? "") + keep(delta.refusal);
+      (state.refusal ??= new TextPieces()).add(keep(delta.refusal));
     }
-    if (typeof choice.finish_reason === "string") state.finish_reason = choice.finish_reason;
+    if (typeof choice.finish_reason === "string") state.finishReason = choice.finish_reason;
     if (!Array.isArray(delta.tool_calls)) return;
-    message.tool_calls ??= [];
+    const calls = state.toolCalls ??= [];
     for (const raw of delta.tool_calls) {
       const part = asObject(raw);
       if (part === null) continue;
-      const at = typeof part.index === "number" ? part.index : message.tool_calls.length;
+      const at = typeof part.index === "number" ? part.index : calls.length;
       if (!(at >= 0 && at < MAX_INDEX)) continue;
-      const call = message.tool_calls[at] ??= {
-        type: "function",
-        function: { name: "", arguments: "" },
-      };
+      const call = calls[at] ??= { type: "function", name: "", arguments: new TextPieces() };
       if (typeof part.id === "string") call.id = part.id;
       if (typeof part.type === "string") call.type = part.type;
       const fn = asObject(part.function);
-      if (typeof fn?.name === "string") call.function.name += fn.name;
-      if (typeof fn?.arguments === "string") call.function.arguments += keep(fn.arguments);
+      if (typeof fn?.name === "string") call.name += fn.name;
+      if (typeof fn?.arguments === "string") call.arguments.add(keep(fn.arguments));
     }
   }
 
   response(): JsonObject | null {
     if (this.#head === null) return null;
     const { id, created, model, system_fingerprint, service_tier } = this.#head;
-    const choices = [...this.#choices.values()].sort((a, b) => a.index - b.index);
+    const choices = [...this.#choices.values()].sort((a, b) => a.index - b.index).map(choiceOf);
     return {
       id,
       object: "chat.completion",
@@ -124,6 +133,22 @@ class ChatStreamAssembler implements StreamAssembler {
       usage: this.usage,
     };
   }
+}
+
+function choiceOf(state: ChoiceState): Choice {
+  const message: Choice["message"] = {
+    role: state.role,
+    content: state.content?.toString() ?? null,
+    refusal: state.refusal?.toString() ?? null,
+  };
+  if (state.toolCalls !== undefined) {
+    message.tool_calls = state.toolCalls.map(({ id, type, name, arguments: args }) => ({
+      ...(id === undefined ? {} : { id }),
+      type,
+      function: { name, arguments: args.toString() },
+    }));
+  }
+  return { index: state.index, message, finish_reason: state.finishReason };
 }
 
 /** OpenAI's chat completions API: bearer auth, `{"error": {...}}` bodies, `data:`-only streams. */
