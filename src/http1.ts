@@ -16,19 +16,20 @@ export interface Http1Answer {
 }
 
 /**
- * An answer's body, read in order, one read at a time; `cancel` gives up on the rest. A stream's
- * reader is one; the client hands over its own, with no stream in between, since the router's
- * relay is the body's only reader and a stream would add its machinery to every chunk.
+ * An answer's body, read in order, one read at a time; `cancel` gives up on the rest, never
+ * rejects, and settles a waiting read as the end. A stream's `ReadableStreamDefaultReader` is one
+ * (`fetch` hands one over). This client hands over its own, with no stream in between: the relay
+ * is the body's only reader, and a stream would add its machinery to every chunk.
  */
 export interface BodyReader {
   read(): Promise<ReadableStreamReadResult<Uint8Array<ArrayBuffer>>>;
   cancel(reason?: unknown): Promise<void>;
 }
 
-const DONE: ReadableStreamReadDoneResult<Uint8Array<ArrayBuffer>> = {
+const DONE: ReadableStreamReadDoneResult<Uint8Array<ArrayBuffer>> = Object.freeze({
   done: true,
   value: undefined,
-};
+});
 
 /** The cap on an answer's head, and on a chunk-size or trailer line. */
 const HEAD_LIMIT_BYTES = 16 * 1024;
@@ -93,6 +94,7 @@ class Wire {
       this.end -= this.start;
       this.start = 0;
     }
+    // Unread bytes fill the whole buffer (a head or line longer than it): only a larger one helps.
     const full = this.end === this.buffer.length;
     if ((full || this.filledLast) && this.buffer.length < LARGEST_BUFFER_BYTES) {
       const larger = new Uint8Array(this.buffer.length * 2);
@@ -527,7 +529,8 @@ export class Http1Pool {
       finish(status !== 205 || decoder.done);
       return { status, statusText, headers, body: null };
     }
-    // Reads after the end, after a failure or after a cancel answer as a stream's would.
+    // After the end or a cancel, reads see the end; after a failure, its error (held in an
+    // object, so that even an undefined reason counts).
     let ended = false;
     let failure: { reason: unknown } | null = null;
     const body: BodyReader = {
@@ -536,6 +539,8 @@ export class Http1Pool {
         if (ended) return DONE;
         try {
           const piece = await decoder.next();
+          // A cancel while the read waited ends the body there, whatever came in meanwhile.
+          if (ended) return DONE;
           if (piece === null || decoder.done) {
             ended = true;
             finish(true);

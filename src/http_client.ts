@@ -1,5 +1,7 @@
 import { type BodyReader, Http1Pool } from "./http1.ts";
 
+export type { BodyReader };
+
 /** One request to a provider: the body is known in full, the signal ends it at any point. */
 export interface UpstreamRequest {
   url: string;
@@ -14,7 +16,7 @@ export interface UpstreamResponse {
   status: number;
   statusText: string;
   headers: Headers;
-  /** Null for statuses that carry no body (204, 205, 304). */
+  /** Null for statuses that carry no body (204, 205, 304). Read it, or cancel it to let it go. */
   body: BodyReader | null;
   /** The client undid the body's content encoding: `content-encoding` no longer describes it. */
   decoded: boolean;

@@ -1,5 +1,5 @@
 import type { AttemptError } from "./attempt.ts";
-import type { BodyReader } from "./http1.ts";
+import type { BodyReader } from "./http_client.ts";
 import { concatBytes } from "./bytes.ts";
 import { asObject, type JsonObject, parseBody, tryParseJson } from "./json.ts";
 import type { Dialect, EventFilter, EventRole, StreamAssembler } from "./providers/mod.ts";

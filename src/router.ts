@@ -7,8 +7,7 @@ import type { Dialect, UsageInjection } from "./providers/mod.ts";
 import type { Trace } from "./record.ts";
 import { type PlainHead, readPlainHead, SseRelay } from "./relay.ts";
 import { allFailed, clientGone, commitResponse, reject } from "./respond.ts";
-import type { UpstreamClient, UpstreamResponse } from "./http_client.ts";
-import type { BodyReader } from "./http1.ts";
+import type { BodyReader, UpstreamClient, UpstreamResponse } from "./http_client.ts";
 import { AttemptSignal, type InFlight, upstreamRequestHeaders } from "./upstream.ts";
 
 /** What the router needs of one validated client request. */

@@ -424,6 +424,7 @@ Deno.test("an abort in the middle of a body errors it with the signal's reason a
       const pending = reader.read();
       leaving.abort(new Error("client left"));
       await assert.rejects(pending, /client left/);
+      await assert.rejects(reader.read(), /client left/, "a later read sees the same failure");
       assert.equal((await send(pool, server.url)).text, "ok");
       assert.equal(server.connections, 2, "the aborted connection was not reused");
     },

@@ -391,6 +391,23 @@ Deno.test("anthropic assembler rebuilds long thinking, text and tool input whole
   assert.deepEqual(cut[2].input, {});
 });
 
+Deno.test("anthropic assembler starts a block over when its start comes again", () => {
+  const assembler = anthropic.newAssembler(0);
+  const send = (type: string, body: Record<string, unknown>) =>
+    assembler.add(event(JSON.stringify({ type, ...body }), type));
+  send("message_start", { message: { id: "m1" } });
+  send("content_block_start", { index: 0, content_block: { type: "text", text: "" } });
+  for (const text of ["a", "b"]) {
+    send("content_block_delta", { index: 0, delta: { type: "text_delta", text } });
+  }
+  send("content_block_start", { index: 0, content_block: { type: "text", text: "X" } });
+  send("content_block_delta", { index: 0, delta: { type: "text_delta", text: "c" } });
+  send("content_block_stop", { index: 0 });
+  assert.deepEqual((assembler.response() as { content: unknown[] }).content, [
+    { type: "text", text: "Xc" },
+  ]);
+});
+
 Deno.test("anthropic assembler parses tool input even when the stream stops before block stop", async () => {
   const events = await fixtureEvents("anthropic_messages_stream_tool_use.sse");
   const cut = events.findIndex((e) =>

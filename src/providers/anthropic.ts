@@ -1,6 +1,7 @@
 import type { EventSourceMessage } from "eventsource-parser";
 import { asObject, count, type JsonObject, tryParseJson } from "../json.ts";
-import { TextBudget, TextPieces } from "./budget.ts";
+import { TextBudget } from "./budget.ts";
+import { TextPieces } from "./text_pieces.ts";
 import type { Dialect, EventRole, StreamAssembler } from "./mod.ts";
 
 const OUTPUT_EVENTS = new Set(["content_block_delta", "message_delta", "message_stop"]);
@@ -12,8 +13,11 @@ function mergeDefined(into: JsonObject, from: JsonObject): void {
   }
 }
 
-/** A block's growing texts until it stops: its `text` or `thinking`, its tool input's JSON. */
-interface OpenBlock {
+/**
+ * A block's texts while its deltas arrive: its `text` or `thinking`, its tool input's JSON. They
+ * are written into the block (`input` parsed) when it stops, or when the response is read.
+ */
+interface GrowingTexts {
   text?: TextPieces;
   thinking?: TextPieces;
   json?: TextPieces;
@@ -27,7 +31,7 @@ class MessageStreamAssembler implements StreamAssembler {
   #message: JsonObject | null = null;
   /** By index; a map, so a hostile index cannot make a huge sparse array. */
   #blocks = new Map<number, JsonObject>();
-  #open = new Map<number, OpenBlock>();
+  #growing = new Map<number, GrowingTexts>();
   #budget: TextBudget;
 
   constructor(textLimit: number) {
@@ -51,6 +55,8 @@ class MessageStreamAssembler implements StreamAssembler {
       }
       case "content_block_start":
         this.#blocks.set(Number(data.index), { ...asObject(data.content_block) });
+        // A block started again starts over.
+        this.#growing.delete(Number(data.index));
         break;
       case "content_block_delta":
         this.#applyDelta(Number(data.index), asObject(data.delta) ?? {});
@@ -75,21 +81,23 @@ class MessageStreamAssembler implements StreamAssembler {
   #applyDelta(index: number, delta: JsonObject): void {
     let block = this.#blocks.get(index);
     if (block === undefined) this.#blocks.set(index, block = {});
-    let open = this.#open.get(index);
-    if (open === undefined) this.#open.set(index, open = {});
+    let growing = this.#growing.get(index);
+    if (growing === undefined) this.#growing.set(index, growing = {});
     const keep = (text: unknown) => this.#budget.take(String(text ?? ""));
     switch (delta.type) {
       case "text_delta":
-        (open.text ??= new TextPieces(String(block.text ?? ""))).add(keep(delta.text));
+        (growing.text ??= new TextPieces(String(block.text ?? ""))).add(keep(delta.text));
         break;
       case "thinking_delta":
-        (open.thinking ??= new TextPieces(String(block.thinking ?? ""))).add(keep(delta.thinking));
+        (growing.thinking ??= new TextPieces(String(block.thinking ?? ""))).add(
+          keep(delta.thinking),
+        );
         break;
       case "signature_delta":
         block.signature = delta.signature;
         break;
       case "input_json_delta":
-        (open.json ??= new TextPieces()).add(keep(delta.partial_json));
+        (growing.json ??= new TextPieces()).add(keep(delta.partial_json));
         break;
       case "citations_delta":
         block.citations = [
@@ -102,15 +110,15 @@ class MessageStreamAssembler implements StreamAssembler {
 
   /** Writes a block's texts into it, the tool input parsed from its JSON. */
   #finishBlock(index: number): void {
-    const open = this.#open.get(index);
-    if (open === undefined) return;
-    this.#open.delete(index);
+    const growing = this.#growing.get(index);
+    if (growing === undefined) return;
+    this.#growing.delete(index);
     const block = this.#blocks.get(index);
     if (block === undefined) return;
-    if (open.text !== undefined) block.text = open.text.toString();
-    if (open.thinking !== undefined) block.thinking = open.thinking.toString();
-    if (open.json !== undefined) {
-      const json = open.json.toString();
+    if (growing.text !== undefined) block.text = growing.text.toString();
+    if (growing.thinking !== undefined) block.thinking = growing.thinking.toString();
+    if (growing.json !== undefined) {
+      const json = growing.json.toString();
       const input = json === "" ? {} : tryParseJson(json);
       block.input = input === undefined ? json : input;
     }
@@ -118,7 +126,7 @@ class MessageStreamAssembler implements StreamAssembler {
 
   response(): JsonObject | null {
     if (this.#message === null) return null;
-    for (const index of [...this.#open.keys()]) this.#finishBlock(index);
+    for (const index of [...this.#growing.keys()]) this.#finishBlock(index);
     const content = [...this.#blocks].sort(([a], [b]) => a - b).map(([, block]) => block);
     return { ...this.#message, content, usage: this.usage };
   }

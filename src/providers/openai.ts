@@ -1,6 +1,7 @@
 import type { EventSourceMessage } from "eventsource-parser";
 import { asObject, count, type JsonObject, tryParseJson } from "../json.ts";
-import { TextBudget, TextPieces } from "./budget.ts";
+import { TextBudget } from "./budget.ts";
+import { TextPieces } from "./text_pieces.ts";
 import type { Dialect, EventRole, StreamAssembler } from "./mod.ts";
 import { openaiUsageInjection } from "./openai_usage.ts";
 
