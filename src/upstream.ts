@@ -48,9 +48,11 @@ export function upstreamRequestHeaders(
   const named = connectionScoped(client);
   // No prototype: a client's header may be called `__proto__`.
   const headers: Record<string, string> = Object.create(null);
-  for (const [name, value] of client) {
+  // forEach, not for-of: Deno's Headers iterator lists and sorts all the fields again at every
+  // step, about 8 times the cost for a client's usual handful.
+  client.forEach((value, name) => {
     if (!REQUEST_DROPPED.has(name) && !named.includes(name)) headers[name] = value;
-  }
+  });
   // The body is known to be JSON: say so, whatever (or nothing) the client's header said.
   headers["content-type"] = "application/json";
   dialect.prepareHeaders(headers, apiKey);
@@ -70,13 +72,13 @@ export function clientResponseHeaders(
 ): [string, string][] {
   const named = connectionScoped(upstream);
   const out: [string, string][] = [];
-  for (const [name, value] of upstream) {
-    if (RESPONSE_DROPPED.has(name) || named.includes(name) || Object.hasOwn(own, name)) continue;
+  upstream.forEach((value, name) => {
+    if (RESPONSE_DROPPED.has(name) || named.includes(name) || Object.hasOwn(own, name)) return;
     // A body the upstream client decoded is plain; an encoding it could not undo stays labelled.
-    if (decoded && name === "content-encoding") continue;
-    if (name.startsWith("access-control-") || name.startsWith("x-llm-router-")) continue;
+    if (decoded && name === "content-encoding") return;
+    if (name.startsWith("access-control-") || name.startsWith("x-llm-router-")) return;
     out.push([name, value]);
-  }
+  });
   for (const name in own) out.push([name, own[name]]);
   return out;
 }
