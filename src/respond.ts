@@ -131,7 +131,7 @@ export function commitResponse(
       bytesForwarded: 0,
       malformedEvents: null,
     });
-    return new Response(null, { status: upstream.status, headers });
+    return responseWith(null, { status: upstream.status }, headers);
   }
   const clientBody = body instanceof SseRelay
     ? body.clientStream(hooks)
@@ -140,7 +140,22 @@ export function commitResponse(
   const statusText = /^[\t\x20-\x7e\x80-\xff]*$/.test(upstream.statusText)
     ? upstream.statusText
     : "";
-  return new Response(clientBody, { status: upstream.status, statusText, headers });
+  return responseWith(clientBody, { status: upstream.status, statusText }, headers);
+}
+
+/**
+ * A `Response` whose header fields are appended once it exists: Deno converts a `headers` init
+ * through WebIDL sequences, about four times the cost of appending the same fields.
+ */
+function responseWith(
+  body: BodyInit | null,
+  init: ResponseInit,
+  headers: [string, string][],
+): Response {
+  const response = new Response(body, init);
+  const fields = response.headers;
+  for (const [name, value] of headers) fields.append(name, value);
+  return response;
 }
 
 /** The record's `error` for a committed answer: what went wrong, or what looked wrong. */
