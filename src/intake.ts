@@ -67,10 +67,11 @@ async function readLimited(
 ): Promise<Uint8Array<ArrayBuffer> | null | Cut> {
   const declared = Number(request.headers.get("content-length") ?? NaN);
   if (declared > limit) return null;
-  if (request.body === null) return new Uint8Array(0);
+  // Before `request.body` is touched: making its stream costs more than reading a short body.
   if (declared <= Math.min(limit, WHOLE_READ_BYTES)) {
     return readDeclared(request, deadlineMs, deadlines);
   }
+  if (request.body === null) return new Uint8Array(0);
   const parts: Uint8Array[] = [];
   let size = 0;
   const reader = request.body.getReader();
