@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import OpenAI from "openai";
-import { Http1Pool } from "../src/http1.ts";
+import { type BodyReader, Http1Pool } from "../src/http1.ts";
 import { openaiStreamChunks } from "../tools/mock_upstream.ts";
 import { concat, provider, startRouter, within } from "./harness.ts";
 
@@ -407,56 +407,41 @@ Deno.test("a body cut short errors the stream, and the connection is not reused"
   });
 });
 
-Deno.test("an abort in the middle of a body errors it with the signal's reason and closes the connection", async () => {
-  await withServer(
-    (_, i) => ({
-      parts: [
-        i === 0
-          ? "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n"
-          : "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
-      ],
-    }),
-    async (server, pool) => {
-      const leaving = new AbortController();
-      const answer = await pool.send(server.url, {}, encoder.encode("{}"), leaving.signal);
-      const reader = answer.body!;
-      assert.equal(new TextDecoder().decode((await reader.read()).value), "hi");
-      const pending = reader.read();
-      leaving.abort(new Error("client left"));
-      await assert.rejects(pending, /client left/);
-      await assert.rejects(reader.read(), /client left/, "a later read sees the same failure");
-      assert.equal((await send(pool, server.url)).text, "ok");
-      assert.equal(server.connections, 2, "the aborted connection was not reused");
+Deno.test("a body ended while a read waits: an abort fails the read with the signal's reason, a cancel ends it; later reads see the same, and the connection is not reused", async () => {
+  const ways = [
+    {
+      end: (leaving: AbortController) => leaving.abort(new Error("client left")),
+      check: (read: Promise<unknown>, why: string) => assert.rejects(read, /client left/, why),
     },
-  );
-});
-
-Deno.test("a cancel while a read waits ends the body there: the read and any later one see its end", async () => {
-  await withServer(
-    (_, i) => ({
-      parts: [
-        i === 0
-          ? "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n"
-          : "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
-      ],
-    }),
-    async (server, pool) => {
-      const answer = await pool.send(
-        server.url,
-        {},
-        encoder.encode("{}"),
-        new AbortController().signal,
-      );
-      const reader = answer.body!;
-      assert.equal(new TextDecoder().decode((await reader.read()).value), "hi");
-      const pending = reader.read();
-      await reader.cancel();
-      assert.deepEqual(await pending, { done: true, value: undefined });
-      assert.deepEqual(await reader.read(), { done: true, value: undefined });
-      assert.equal((await send(pool, server.url)).text, "ok");
-      assert.equal(server.connections, 2, "the cancelled connection was not reused");
+    {
+      end: (_: AbortController, reader: BodyReader) => reader.cancel(),
+      check: async (read: Promise<unknown>, why: string) =>
+        assert.deepEqual(await read, { done: true, value: undefined }, why),
     },
-  );
+  ];
+  for (const { end, check } of ways) {
+    await withServer(
+      (_, i) => ({
+        parts: [
+          i === 0
+            ? "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n"
+            : "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        ],
+      }),
+      async (server, pool) => {
+        const leaving = new AbortController();
+        const answer = await pool.send(server.url, {}, encoder.encode("{}"), leaving.signal);
+        const reader = answer.body!;
+        assert.equal(new TextDecoder().decode((await reader.read()).value), "hi");
+        const pending = reader.read();
+        await end(leaving, reader);
+        await check(pending, "the waiting read");
+        await check(reader.read(), "a later read");
+        assert.equal((await send(pool, server.url)).text, "ok");
+        assert.equal(server.connections, 2, "the ended connection was not reused");
+      },
+    );
+  }
 });
 
 const ok = { parts: ["HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"] };
