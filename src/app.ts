@@ -227,7 +227,11 @@ export function createHandler(
     const response = await dispatch(request, new URL(request.url), current);
     const cors = corsHeaders(current.cors.origins, request.headers.get("origin"));
     if (cors !== null) {
-      for (const [name, value] of Object.entries(cors)) response.headers.set(name, value);
+      for (const [name, value] of Object.entries(cors)) {
+        // A provider's own `vary` (say, on accept-encoding) still holds: origin is added to it.
+        if (name === "vary") response.headers.append(name, value);
+        else response.headers.set(name, value);
+      }
     }
     return response;
   };
