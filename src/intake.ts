@@ -69,7 +69,9 @@ async function readLimited(
   if (declared > limit) return null;
   // Before `request.body` is touched: making its stream costs more than reading a short body.
   if (declared <= Math.min(limit, WHOLE_READ_BYTES)) {
-    return readDeclared(request, deadlineMs, deadlines);
+    const bytes = await readDeclared(request, deadlineMs, deadlines);
+    // Deno.serve holds a body to its declared length; a Request built in code need not.
+    return typeof bytes !== "symbol" && bytes.length > limit ? null : bytes;
   }
   if (request.body === null) return new Uint8Array(0);
   const parts: Uint8Array[] = [];

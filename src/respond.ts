@@ -148,7 +148,8 @@ export function commitResponse(
  * through WebIDL sequences, about four times the cost of appending the same fields.
  */
 function responseWith(
-  body: BodyInit | null,
+  // Bodies whose constructor sets no content-type of its own, which the appended one would join.
+  body: Uint8Array<ArrayBuffer> | ReadableStream<Uint8Array> | null,
   init: ResponseInit,
   headers: [string, string][],
 ): Response {

@@ -890,6 +890,20 @@ for (const api of APIS) {
   });
 }
 
+Deno.test("a provider's 204 reaches the client without a body, with the provider's and the router's headers", async () => {
+  for (const api of APIS) {
+    const mock = always({ status: 204, headers: { "x-provider-note": "none" } });
+    await withRouter({ providers: [provider("prov", api, mock.url)] }, [mock], async (router) => {
+      const res = await post(router, api, requestText(api, "m"));
+      assert.equal(res.status, 204);
+      assert.equal(await res.text(), "");
+      assert.equal(res.headers.get("x-provider-note"), "none");
+      assert.equal(res.headers.get("x-llm-router-provider"), "prov");
+      assert.equal(res.headers.get("x-request-id"), (await recordAt(router)).request_id);
+    });
+  }
+});
+
 Deno.test("x-request-id is the record's id even when the upstream sends none", async () => {
   // A provider's own x-llm-router-* header is not passed on as if the router had set it.
   const spoof = { "x-llm-router-upstream-request-id": "spoofed" };
