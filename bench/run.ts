@@ -30,8 +30,8 @@ for (const name of wanted) {
     Deno.exit(2);
   }
 }
-const SECONDS = quick ? 2 : 5;
-const ROUNDS = quick ? 1 : 2;
+const SECONDS = quick ? 2 : 3;
+const ROUNDS = quick ? 1 : 4;
 const root = new URL("..", import.meta.url).pathname;
 const work = await Deno.makeTempDir({ prefix: "llm-router-bench-" });
 
@@ -144,13 +144,22 @@ const chat = (stream: boolean, content = "Hello") =>
 type Column = "direct" | "bare" | "router" | ExtraName;
 type Figures = Partial<Record<Column, number | null>>;
 
-/** `target` is what the router's figure is held to, in words. */
-type Row = { scenario: string; metric: string } & Figures & { target: string };
+/**
+ * `target` is what the router's figure is held to, in words. `ratio`, when measured in rounds,
+ * is the median of each round's router / bare; otherwise the ratio of the two figures.
+ */
+type Row = { scenario: string; metric: string } & Figures & {
+  target: string;
+  ratio?: number | null;
+};
 
 const rows: Row[] = [];
 
 /**
- * Runs `measure` against each target, alternating, and keeps each one's mean. Right before each
+ * Runs `measure` against each target in rounds, alternating, and keeps each one's mean, plus the
+ * median of each round's router / bare: the two are measured back to back in every round (the
+ * order reverses each round), so a burst of load from elsewhere on a shared machine, which can
+ * move one measurement by a third, moves one round's ratio and not the median. Right before each
  * measurement the target gets a second of the same requests, unmeasured: a process left idle while
  * the others were measured runs its first seconds slower (about 20% for the router after 20 s),
  * and a long-running router is to be measured at its steady state.
@@ -159,20 +168,38 @@ async function sideBySide(
   targets: Partial<Record<Column, Target>>,
   body: string,
   measure: (request: LoadRequest) => Promise<number | null>,
-): Promise<Figures> {
+): Promise<Figures & { ratio: number | null }> {
   const names = Object.keys(targets) as Column[];
-  const samples = new Map(names.map((name) => [name, [] as number[]]));
+  const samples = new Map(names.map((name) => [name, [] as (number | null)[]]));
   for (let round = 0; round < ROUNDS; round++) {
     for (const name of round % 2 === 1 ? names.toReversed() : names) {
       const request = targets[name]!.request(body);
       await throughput(request, 16, 1);
-      const value = await measure(request);
-      if (value !== null) samples.get(name)!.push(value);
+      samples.get(name)!.push(await measure(request));
     }
   }
-  const mean = (list: number[]) =>
-    list.length === 0 ? null : list.reduce((a, b) => a + b, 0) / list.length;
-  return Object.fromEntries(names.map((name) => [name, mean(samples.get(name)!)]));
+  const mean = (list: (number | null)[]) => {
+    const values = list.filter((value) => value !== null);
+    return values.length === 0 ? null : values.reduce((a, b) => a + b, 0) / values.length;
+  };
+  const bare = samples.get("bare") ?? [];
+  const ratios = (samples.get("router") ?? []).flatMap((router, round) => {
+    const base = bare[round];
+    return router !== null && base ? [router / base] : [];
+  });
+  return {
+    ...Object.fromEntries(names.map((name) => [name, mean(samples.get(name)!)])),
+    ratio: median(ratios),
+  };
+}
+
+function median(values: number[]): number | null {
+  if (values.length === 0) return null;
+  const sorted = values.toSorted((a, b) => a - b);
+  const middle = sorted.length / 2;
+  return Number.isInteger(middle)
+    ? (sorted[middle - 1] + sorted[middle]) / 2
+    : sorted[Math.floor(middle)];
 }
 
 const fast = await mock(["--events", "51"]);
@@ -247,6 +274,7 @@ rows.push({
   direct: null,
   bare: g.bare,
   router: g.router,
+  ratio: g.ratio,
   target: "close to 1.0x",
 });
 await routerQuiet.stop();
@@ -313,7 +341,11 @@ const lines = [
   `| scenario | metric | ${heads.join(" | ")} | router / bare | target |`,
   `| --- | --- | ${heads.map(() => "---:").join(" | ")} | ---: | --- |`,
   ...rows.map((row) => {
-    const ratio = row.router != null && row.bare ? (row.router / row.bare).toFixed(2) : "-";
+    const ratio = row.ratio !== undefined
+      ? format(row.ratio)
+      : row.router != null && row.bare
+      ? (row.router / row.bare).toFixed(2)
+      : "-";
     const figures = columns.map((column) => format(row[column])).join(" | ");
     return `| ${row.scenario} | ${row.metric} | ${figures} | ${ratio} | ${row.target} |`;
   }),
