@@ -131,9 +131,14 @@ class Wire {
 
   /** The next `n` unread bytes, as a buffer of their own. */
   take(n: number): Uint8Array<ArrayBuffer> {
-    const taken = this.buffer.slice(this.start, this.start + n);
+    return this.view(n).slice();
+  }
+
+  /** The next `n` unread bytes, as a view on the buffer: valid only until the next read. */
+  view(n: number): Uint8Array<ArrayBuffer> {
+    const viewed = this.buffer.subarray(this.start, this.start + n);
     this.start += n;
-    return taken;
+    return viewed;
   }
 
   /** The next line without its CR LF (a bare LF also ends it), or null until it is whole. */
@@ -364,7 +369,9 @@ class ChunkedBody implements BodyDecoder {
     for (;;) {
       const parts: Uint8Array[] = [];
       this.#decodeBuffered(parts);
-      if (parts.length > 0) return concatBytes(parts);
+      // One copy out of the wire's buffer, however many chunks the read brought.
+      if (parts.length === 1) return parts[0].slice();
+      if (parts.length > 1) return concatBytes(parts);
       if (this.#state === "done") return null;
       if (!(await this.#wire.fill())) throw new Error(BODY_CUT);
     }
@@ -376,7 +383,7 @@ class ChunkedBody implements BodyDecoder {
       if (this.#state === "data") {
         const n = Math.min(this.#left, wire.available);
         if (n === 0) return;
-        parts.push(wire.take(n));
+        parts.push(wire.view(n));
         this.#left -= n;
         if (this.#left === 0) this.#state = "data-end";
         continue;
