@@ -17,6 +17,7 @@ import {
   throughput,
 } from "./load.ts";
 import { type ExtraName, extraNames, startExtras, type Target } from "./extra_proxies.ts";
+import { startTaskV8Flags } from "./start_task.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -88,6 +89,8 @@ function bare(upstream: Proc): Promise<Proc> {
   );
 }
 
+const routerV8Flags = await startTaskV8Flags();
+
 async function router(upstream: Proc, logging = true): Promise<Proc> {
   const name = `router-${crypto.randomUUID()}`;
   const config = {
@@ -99,6 +102,7 @@ async function router(upstream: Proc, logging = true): Promise<Proc> {
   };
   await Deno.writeTextFile(`${work}/${name}.json`, JSON.stringify(config));
   return start([
+    ...routerV8Flags,
     "--allow-net",
     "--allow-read",
     "--allow-write",
@@ -336,7 +340,7 @@ const heads = ["direct", "bare proxy", "router", ...extraColumns];
 const lines = [
   `Load generator: ${hasWrk() ? "wrk" : "autocannon"}; ${SECONDS} s per measurement, ` +
   `${ROUNDS} round(s); ${Deno.build.os} ${Deno.build.arch}, ${navigator.hardwareConcurrency} CPUs, ` +
-  `Deno ${Deno.version.deno}`,
+  `Deno ${Deno.version.deno}; router started with ${routerV8Flags.join(" ") || "no V8 flags"}`,
   "",
   `| scenario | metric | ${heads.join(" | ")} | router / bare | target |`,
   `| --- | --- | ${heads.map(() => "---:").join(" | ")} | ---: | --- |`,
@@ -355,6 +359,6 @@ await Deno.mkdir(`${root}/bench/results`, { recursive: true });
 const stamp = new Date().toISOString().replaceAll(":", "-").slice(0, 19);
 await Deno.writeTextFile(
   `${root}/bench/results/${stamp}.json`,
-  JSON.stringify({ quick, seconds: SECONDS, rounds: ROUNDS, rows }, null, 2) + "\n",
+  JSON.stringify({ quick, seconds: SECONDS, rounds: ROUNDS, routerV8Flags, rows }, null, 2) + "\n",
 );
 await Deno.remove(work, { recursive: true });

@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { type MockRequest, startMockUpstream } from "../tools/mock_upstream.ts";
+import { startTaskV8Flags } from "../bench/start_task.ts";
 import { type RouterOutput, type RouterProcess, runRouter, spawnRouter } from "./harness.ts";
 
 const root = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
@@ -101,6 +102,23 @@ async function withConfig(
     await Deno.remove(dir, { recursive: true });
   }
 }
+
+Deno.test("the compiled binary gets the start task's V8 flags and permissions", () => {
+  const compile = shellWords(denoJson.tasks.compile);
+  assert.deepEqual(compile.slice(0, 2), ["deno", "compile"]);
+  const output = compile.indexOf("--output");
+  assert.ok(output > 0, "the binary is named");
+  const words = [...compile.slice(2, output), ...compile.slice(output + 2)];
+  assert.deepEqual(words, START_ARGS.slice(1));
+});
+
+Deno.test("the start task bounds V8's young generation and old-generation growth, and the benchmark runs the router with the same V8 flags", async () => {
+  const v8Flags = START_ARGS.filter((word) => word.startsWith("--v8-flags="));
+  assert.equal(v8Flags.length, 1);
+  const names = v8Flags[0].slice("--v8-flags=".length).split(",").map((flag) => flag.split("=")[0]);
+  assert.deepEqual(names.sort(), ["--heap-growing-percent", "--max-semi-space-size"]);
+  assert.deepEqual(await startTaskV8Flags(), v8Flags);
+});
 
 async function exists(path: string): Promise<boolean> {
   return await Deno.stat(path).then(() => true, () => false);
