@@ -113,14 +113,14 @@ export class Stats {
   }
 
   add(record: RequestRecord): void {
-    record = { ...record, model: this.#modelLabel(record) };
-    const key = JSON.stringify([record.endpoint, record.provider, record.model, record.status]);
+    const label = this.#modelLabel(record);
+    const key = JSON.stringify([record.endpoint, record.provider, label, record.status]);
     this.requests.set(key, (this.requests.get(key) ?? 0) + 1);
     if (record.client !== null) {
       const byClient = JSON.stringify([record.client, record.status]);
       this.clientRequests.set(byClient, (this.clientRequests.get(byClient) ?? 0) + 1);
     }
-    const model = record.model === null ? null : series(this.models, record.model);
+    const model = label === null ? null : series(this.models, label);
     if (model !== null) model.requests++;
     const client = record.client === null ? null : series(this.clients, record.client);
     if (client !== null) {
@@ -163,7 +163,7 @@ export class Stats {
     }
     if (tokens !== null) {
       for (const kind of Object.keys(tokens) as (keyof TokenCounts)[]) {
-        const key = JSON.stringify([record.provider, record.model, kind]);
+        const key = JSON.stringify([record.provider, label, kind]);
         this.tokens.set(key, (this.tokens.get(key) ?? 0) + tokens[kind]);
         if (record.client === null) continue;
         const byClient = JSON.stringify([record.client, kind]);
