@@ -394,6 +394,42 @@ Deno.test("record sink rotates without losing, duplicating or cutting a line", a
   await Deno.remove(dir, { recursive: true });
 });
 
+Deno.test("record sink writes batches large and small, with multi-byte text, each line whole and nothing left from an earlier batch", async () => {
+  const dir = await Deno.makeTempDir();
+  const sink = createRecordSink(logging({ max_body_bytes: 0 }), {
+    dir,
+    secrets: [],
+    onError: (message) => assert.fail(message),
+  });
+  // A large batch, then smaller ones reusing its buffer, then lines past the buffer's kept size.
+  const texts = [
+    ["é€😀".repeat(20_000), "x".repeat(50_000)],
+    ["short"],
+    ["ü".repeat(300), "😀"],
+    ["y".repeat(5 * 1024 * 1024)],
+    ["z"],
+  ];
+  const expected = texts.flat();
+  // First all in one batch, then batch by batch.
+  for (const [n, text] of expected.entries()) {
+    sink.write(makeRecord(`all-${n}`, { response: { text } }));
+  }
+  await sink.close();
+  for (const [b, batch] of texts.entries()) {
+    for (const [n, text] of batch.entries()) {
+      sink.write(makeRecord(`b${b}-${n}`, { response: { text } }));
+    }
+    await sink.close();
+  }
+  const lines = (await readLogFiles(dir)).get("requests.jsonl") ?? [];
+  const records = parseLines("requests.jsonl", lines);
+  assert.deepEqual(
+    records.map((record) => (record.response as { text: string }).text),
+    [...expected, ...expected],
+  );
+  await Deno.remove(dir, { recursive: true });
+});
+
 Deno.test("record sink keeps max_files rotated files and deletes older ones", async () => {
   const dir = await Deno.makeTempDir();
   const sink = createRecordSink(logging({ max_bytes: 1, max_files: 3 }), {
