@@ -37,14 +37,16 @@ export interface SinkReports {
 }
 
 /**
- * Records queue in memory and one writer drains them in batches, so no response ever waits for
- * the disk. The drain starts a little later (`FLUSH_MS`), so serialization happens then too,
- * off the response path. A failed batch stays queued and is retried; the failure is
- * reported once, and its end once more.
+ * Lines queue in memory and one writer drains them in batches, so no response ever waits for
+ * the disk. A record becomes its line as it arrives, which is after its answer has gone out (see
+ * after_response.ts), so its bodies and objects are let go at once rather than kept until the
+ * drain. A failed batch stays queued and is retried; the failure is reported once, and its end
+ * once more.
  */
 class QueuedLineWriter implements RecordSink {
   writeErrors = 0;
-  #queue: { record: RequestRecord; secrets: readonly string[] }[] = [];
+  /** Lines waiting for the next batch, serialized as their records arrive. */
+  #queue: string[] = [];
   #failed: Uint8Array | null = null;
   #buffer = new Uint8Array(0);
   #draining: Promise<void> | null = null;
@@ -59,7 +61,7 @@ class QueuedLineWriter implements RecordSink {
   ) {}
 
   write(record: RequestRecord, secrets: readonly string[] = []): void {
-    this.#queue.push({ record, secrets });
+    this.#queue.push(this.#line(record, secrets));
     this.#closed = false;
     this.#schedule(FLUSH_MS);
   }
@@ -123,15 +125,10 @@ class QueuedLineWriter implements RecordSink {
    * written, or kept in `#failed` and retried, before the next one is serialized.
    */
   #serialize(): Uint8Array {
-    const batch = this.#queue;
+    const lines = this.#queue;
     this.#queue = [];
-    const lines: string[] = [];
     let bound = 0;
-    for (const { record, secrets } of batch) {
-      const line = this.#line(record, secrets);
-      lines.push(line);
-      bound += line.length * 3 + 1;
-    }
+    for (const line of lines) bound += line.length * 3 + 1;
     let buffer = this.#buffer;
     if (buffer.length < bound) {
       buffer = new Uint8Array(bound);
@@ -255,7 +252,7 @@ export function createRecordSink(
   logging: Config["logging"],
   options: SinkReports & {
     dir: string;
-    /** The config's secrets, read at every batch: the owner may update the array on reload. */
+    /** The config's secrets, read at every record: the owner may update the array on reload. */
     secrets: readonly string[];
   },
 ): RecordSink {
