@@ -7,14 +7,14 @@ const REDACTED = "[REDACTED]";
 /** Shorter "secrets" (test keys like "k") would scrub ordinary words out of every line. */
 const MIN_SECRET_LENGTH = 6;
 
-/** The characters JSON may spell otherwise inside a string (lone surrogates among them). */
-const NEEDS_ESCAPE = /["\\\u0000-\u001f\ud800-\udfff]/;
+/** The characters JSON spells as escapes inside a string, besides lone surrogates. */
+const NEEDS_ESCAPE = /["\\\u0000-\u001f]/;
 
 /** Replaces every secret in `text`, in both its raw and its JSON-escaped spelling. */
 function scrub(text: string, secrets: readonly string[]): string {
   for (const secret of secrets) {
     if (text.includes(secret)) text = text.replaceAll(secret, REDACTED);
-    if (!NEEDS_ESCAPE.test(secret)) continue;
+    if (!NEEDS_ESCAPE.test(secret) && secret.isWellFormed()) continue;
     const escaped = JSON.stringify(secret).slice(1, -1);
     if (text.includes(escaped)) text = text.replaceAll(escaped, REDACTED);
   }
