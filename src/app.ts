@@ -87,10 +87,11 @@ export function createHandler(
             record.error ??= { type: "router_error", message: `Could not read the body: ${error}` };
           }
           stats.add(record);
+          if (requestSpan !== undefined) {
+            annotateSpan(requestSpan, record);
+            requestSpan.end();
+          }
           sink.write(record, secrets);
-          if (requestSpan === undefined) return;
-          annotateSpan(requestSpan, record);
-          requestSpan.end();
         });
       },
     );

@@ -23,7 +23,7 @@ const RETRY_MS = 1000;
 const FLUSH_MS = 20;
 
 /** Where batches of lines end up. */
-interface LineTarget {
+export interface LineTarget {
   readonly name: string;
   append(bytes: Uint8Array): Promise<void>;
   /** Forgets cached state after a failure, so the next try starts afresh. */
@@ -43,7 +43,7 @@ export interface SinkReports {
  * drain. A failed batch stays queued and is retried; the failure is reported once, and its end
  * once more.
  */
-class QueuedLineWriter implements RecordSink {
+export class QueuedLineWriter implements RecordSink {
   writeErrors = 0;
   /** Lines waiting for the next batch, serialized as their records arrive. */
   #queue: string[] = [];
@@ -70,11 +70,15 @@ class QueuedLineWriter implements RecordSink {
     if (this.#closed || this.#draining !== null || this.#scheduled !== undefined) return;
     this.#scheduled = setTimeout(() => {
       this.#scheduled = undefined;
-      this.#startDrain();
+      // A drain that `close` started meanwhile takes whatever is queued.
+      if (this.#draining === null) this.#startDrain();
     }, ms);
   }
 
-  /** One drain at a time; `#draining` is cleared by the drain that set it, whenever it ends. */
+  /**
+   * One drain at a time, which the batch buffer relies on; `#draining` is cleared by the drain
+   * that set it, whenever it ends.
+   */
   #startDrain(): Promise<void> {
     const run = this.#drain().finally(() => {
       if (this.#draining === run) this.#draining = null;
@@ -89,7 +93,9 @@ class QueuedLineWriter implements RecordSink {
     this.#closed = true;
     clearTimeout(this.#scheduled);
     this.#scheduled = undefined;
-    await this.#draining;
+    while (this.#draining !== null) await this.#draining;
+    clearTimeout(this.#scheduled);
+    this.#scheduled = undefined;
     if (this.#queue.length > 0 || this.#failed !== null) await this.#startDrain();
   }
 
@@ -102,7 +108,8 @@ class QueuedLineWriter implements RecordSink {
       } catch (error) {
         // Retry only what did not reach the file, so no line is written twice.
         const written = error instanceof PartialWrite ? error.written : 0;
-        this.#failed = bytes.subarray(written);
+        // A copy: the batch buffer is the next batch's.
+        this.#failed = bytes.slice(written);
         this.writeErrors++;
         this.target.reset();
         if (!this.#failing) {
@@ -121,8 +128,8 @@ class QueuedLineWriter implements RecordSink {
   /**
    * Encodes the queued records as lines into the batch buffer: `encodeInto` a buffer kept between
    * batches costs a few microseconds for a 200 KB line, where `encode` spends hundreds mapping a
-   * fresh result. The bytes returned are a view on that buffer, which is safe because a batch is
-   * written, or kept in `#failed` and retried, before the next one is serialized.
+   * fresh result. The bytes returned are a view on that buffer: a batch is written, or copied to
+   * `#failed`, before the single drain serializes the next one.
    */
   #serialize(): Uint8Array {
     const lines = this.#queue;

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { type Config, parseConfig } from "../src/config.ts";
-import { createRecordSink, RotatingFile } from "../src/log.ts";
+import { createRecordSink, type LineTarget, QueuedLineWriter, RotatingFile } from "../src/log.ts";
 import { serializeRecord } from "../src/log_line.ts";
 import type { LogLevel } from "../src/ops.ts";
 import type { RequestRecord } from "../src/record.ts";
@@ -232,6 +232,21 @@ Deno.test("serializeRecord redacts secrets holding quotes and backslashes and st
   assert.equal(parsed.request_id, "r-secret");
 });
 
+Deno.test("serializeRecord redacts secrets holding a control character or a lone surrogate, which JSON spells as escapes", () => {
+  const tabbed = "sk-tab\there-secret";
+  const surrogate = "sk-lone-\ud800-secret";
+  const record = makeRecord("r-escaped", {
+    response: { error: { message: `Invalid key ${tabbed}`, echo: surrogate } },
+  });
+  const line = serializeRecord(record, { maxBodyBytes: 0, secrets: [tabbed, surrogate] });
+  for (const secret of [tabbed, surrogate]) {
+    assert.ok(!line.includes(JSON.stringify(secret).slice(1, -1)), `escaped ${secret} absent`);
+  }
+  assert.deepEqual(JSON.parse(line).response, {
+    error: { message: "Invalid key [REDACTED]", echo: "[REDACTED]" },
+  });
+});
+
 Deno.test("serializeRecord redacts a secret used as an object key in a body", () => {
   const secret = "sk-key-as-name-0123456789";
   const record = makeRecord("r-key", { response: { headers: { [secret]: true } } });
@@ -428,6 +443,41 @@ Deno.test("record sink writes batches large and small, with multi-byte text, eac
     [...expected, ...expected],
   );
   await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("record sink runs one drain at a time: a retry due while close() drains waits, and no batch overwrites another", async () => {
+  const decoder = new TextDecoder();
+  const appended: string[] = [];
+  let appends = 0;
+  const target: LineTarget = {
+    name: "slow target",
+    async append(bytes) {
+      const call = ++appends;
+      const before = decoder.decode(bytes);
+      // The first write fails; the second, the retry close() starts, takes longer than the
+      // writer's one-second retry timer.
+      await new Promise((resolve) => setTimeout(resolve, call === 1 ? 10 : call === 2 ? 1500 : 0));
+      if (call === 1) throw new Error("disk full");
+      assert.equal(decoder.decode(bytes), before, "the bytes did not change under the write");
+      appended.push(before);
+    },
+    reset() {},
+  };
+  const sink = new QueuedLineWriter(target, { maxBodyBytes: 0, secrets: [] }, {
+    onError() {},
+  });
+  sink.write(makeRecord("r1"));
+  await new Promise((resolve) => setTimeout(resolve, 25));
+  const closing = sink.close();
+  sink.write(makeRecord("r2"));
+  await new Promise((resolve) => setTimeout(resolve, 1100));
+  sink.write(makeRecord("r3"));
+  await closing;
+  await sink.close();
+  const ids = appended.join("").split("\n").filter((line) => line !== "").map((line) =>
+    JSON.parse(line).request_id
+  );
+  assert.deepEqual(ids.toSorted(), ["r1", "r2", "r3"], "each record once");
 });
 
 Deno.test("record sink keeps max_files rotated files and deletes older ones", async () => {
