@@ -7,14 +7,23 @@ const REDACTED = "[REDACTED]";
 /** Shorter "secrets" (test keys like "k") would scrub ordinary words out of every line. */
 const MIN_SECRET_LENGTH = 6;
 
-/** The characters JSON spells as escapes inside a string, besides lone surrogates. */
-const NEEDS_ESCAPE = /["\\\u0000-\u001f]/;
+/**
+ * Whether JSON spells `text` otherwise inside a string: it holds a quote, a backslash, a control
+ * character or a lone surrogate.
+ */
+function hasEscapes(text: string): boolean {
+  for (let i = 0; i < text.length; i++) {
+    const code = text.charCodeAt(i);
+    if (code < 0x20 || code === 0x22 || code === 0x5c) return true;
+  }
+  return !text.isWellFormed();
+}
 
 /** Replaces every secret in `text`, in both its raw and its JSON-escaped spelling. */
 function scrub(text: string, secrets: readonly string[]): string {
   for (const secret of secrets) {
     if (text.includes(secret)) text = text.replaceAll(secret, REDACTED);
-    if (!NEEDS_ESCAPE.test(secret) && secret.isWellFormed()) continue;
+    if (!hasEscapes(secret)) continue;
     const escaped = JSON.stringify(secret).slice(1, -1);
     if (text.includes(escaped)) text = text.replaceAll(escaped, REDACTED);
   }
