@@ -1,5 +1,5 @@
 import type { Config } from "./config.ts";
-import { serializeRecord } from "./log_line.ts";
+import { recordLineParts } from "./log_line.ts";
 import type { RequestRecord } from "./record.ts";
 
 /** Where finished request records go. `write` never waits; `close` drains what is queued. */
@@ -45,8 +45,8 @@ export interface SinkReports {
  */
 export class QueuedLineWriter implements RecordSink {
   writeErrors = 0;
-  /** Lines waiting for the next batch, serialized as their records arrive. */
-  #queue: string[] = [];
+  /** Lines waiting for the next batch, serialized as their records arrive, each in its pieces. */
+  #queue: string[][] = [];
   #failed: Uint8Array | null = null;
   #buffer = new Uint8Array(0);
   #draining: Promise<void> | null = null;
@@ -135,25 +135,28 @@ export class QueuedLineWriter implements RecordSink {
     const lines = this.#queue;
     this.#queue = [];
     let bound = 0;
-    for (const line of lines) bound += line.length * 3 + 1;
+    for (const parts of lines) {
+      for (const part of parts) bound += part.length * 3;
+      bound++;
+    }
     let buffer = this.#buffer;
     if (buffer.length < bound) {
       buffer = new Uint8Array(bound);
       if (bound <= KEPT_BUFFER_BYTES) this.#buffer = buffer;
     }
     let at = 0;
-    for (const line of lines) {
-      at += encoder.encodeInto(line, buffer.subarray(at)).written;
+    for (const parts of lines) {
+      for (const part of parts) at += encoder.encodeInto(part, buffer.subarray(at)).written;
       buffer[at++] = LF;
     }
     return buffer.subarray(0, at);
   }
 
-  #line(record: RequestRecord, secrets: readonly string[]): string {
+  #line(record: RequestRecord, secrets: readonly string[]): string[] {
     const all = secrets.length === 0 ? this.options.secrets : [...this.options.secrets, ...secrets];
     const options = { maxBodyBytes: this.options.maxBodyBytes, secrets: all };
     try {
-      return serializeRecord(record, options);
+      return recordLineParts(record, options);
     } catch (error) {
       // A record too odd to serialize loses its bodies, never the writer or the process.
       const bare = { ...record, request: null, response: null };
@@ -161,7 +164,7 @@ export class QueuedLineWriter implements RecordSink {
         type: "log_error",
         message: `Record could not be written whole: ${error}`,
       };
-      return serializeRecord(bare, options);
+      return recordLineParts(bare, options);
     }
   }
 }

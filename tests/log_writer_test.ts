@@ -480,6 +480,43 @@ Deno.test("record sink runs one drain at a time: a retry due while close() drain
   assert.deepEqual(ids.toSorted(), ["r1", "r2", "r3"], "each record once");
 });
 
+Deno.test("record sink writes a line in pieces and still redacts a secret in any of them, in the head, either body, or holding a seam character", async () => {
+  const dir = await Deno.makeTempDir();
+  const plain = "sk-plain-secret-1234";
+  const colon = "sk-colon:secret-5678";
+  const sink = createRecordSink(logging(), { dir, secrets: [plain], onError: assert.fail });
+  const records = [
+    makeRecord("clean", { request: { model: "m", messages: [{ content: "x".repeat(300_000) }] } }),
+    makeRecord("head", { error: { type: "http_status", message: `bad key ${plain}` } }),
+    makeRecord("request", { request: { model: "m", key: plain } }),
+    makeRecord("response", { response: { echo: `${colon} and ${plain}` } }),
+  ];
+  // The colon secret is the last request's own, so the others are written in pieces.
+  for (const record of records) sink.write(record, record === records[3] ? [colon] : []);
+  await sink.close();
+  const lines = (await readLogFiles(dir)).get("requests.jsonl") ?? [];
+  const text = lines.join("\n");
+  assert.ok(!text.includes(plain) && !text.includes(colon), "no secret in the log");
+  const written = parseLines("requests.jsonl", lines);
+  assert.deepEqual(written.map((record) => record.request_id), [
+    "clean",
+    "head",
+    "request",
+    "response",
+  ]);
+  assert.equal(
+    JSON.stringify(written[0]),
+    JSON.stringify(JSON.parse(serializeRecord(records[0], {
+      maxBodyBytes: 1024 * 1024,
+      secrets: [],
+    }))),
+  );
+  assert.equal(written[1].error?.message, "bad key [REDACTED]");
+  assert.deepEqual(written[2].request, { model: "m", key: "[REDACTED]" });
+  assert.deepEqual(written[3].response, { echo: "[REDACTED] and [REDACTED]" });
+  await Deno.remove(dir, { recursive: true });
+});
+
 Deno.test("record sink keeps max_files rotated files and deletes older ones", async () => {
   const dir = await Deno.makeTempDir();
   const sink = createRecordSink(logging({ max_bytes: 1, max_files: 3 }), {
