@@ -38,8 +38,11 @@ export function parseBody(text: string): unknown {
   return value;
 }
 
-/** The JSON text of a value parsed by `parseBody`, or a fresh serialization of it. */
+/**
+ * The JSON text of a value parsed by `parseBody`, or a fresh serialization of it; `null` for what
+ * JSON cannot spell (a function, or an object whose `toJSON` gives nothing).
+ */
 export function jsonText(value: unknown): string {
   return (typeof value === "object" && value !== null ? sourceTexts.get(value) : undefined) ??
-    JSON.stringify(value ?? null);
+    JSON.stringify(value ?? null) ?? "null";
 }

@@ -68,7 +68,7 @@ function bodyJson(
 /**
  * Turns a record into one JSON line: bodies over `maxBodyBytes` are cut, the large `request`
  * and `response` go last for readability, and no secret survives, as a key or a value. Secrets
- * are found with one native search each; replacing them in the JSON text keeps it valid (the
+ * are found with native searches of the text; replacing them in the JSON text keeps it valid (the
  * replacement has no quote or backslash), and should an odd secret ever break the line, it is
  * rebuilt from its parsed form instead.
  */
@@ -83,8 +83,10 @@ export function serializeRecord(
  * `serializeRecord`'s line as the pieces it is made of, so a writer can encode them one by one:
  * joining a large body into one string copies it to fresh memory, which on a virtual machine
  * costs about as much as the rest of the record's work. The pieces are searched for secrets one
- * by one. A secret could only run across two pieces if it held a `,` or a `:`, the characters at
- * every seam; with such a secret, or once a secret is found, the line is joined and handled whole.
+ * by one, in both spellings. Every seam between pieces touches a fixed piece where it starts with
+ * `,` or ends with `:`, so a secret found across a seam would hold one of the two (and JSON never
+ * escapes them). With such a secret, once a secret is found, or when a cut body was scrubbed, the
+ * pieces are joined into one line and handled whole.
  */
 export function recordLineParts(
   record: RequestRecord,

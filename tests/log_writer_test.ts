@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { type Config, parseConfig } from "../src/config.ts";
 import { createRecordSink, type LineTarget, QueuedLineWriter, RotatingFile } from "../src/log.ts";
-import { serializeRecord } from "../src/log_line.ts";
+import { recordLineParts, serializeRecord } from "../src/log_line.ts";
 import type { LogLevel } from "../src/ops.ts";
 import type { RequestRecord } from "../src/record.ts";
 import { startServer } from "../src/server.ts";
@@ -245,6 +245,26 @@ Deno.test("serializeRecord redacts secrets holding a control character or a lone
   assert.deepEqual(JSON.parse(line).response, {
     error: { message: "Invalid key [REDACTED]", echo: "[REDACTED]" },
   });
+});
+
+Deno.test("a body JSON cannot spell is logged as null, and the line stays valid", async () => {
+  const unspellable = { toJSON: () => undefined };
+  const record = makeRecord("r-unspellable", { response: unspellable });
+  for (const secrets of [[], ["sk-some-secret"]]) {
+    const line = serializeRecord(record, { maxBodyBytes: 0, secrets });
+    assert.equal(JSON.parse(line).response, null);
+  }
+  const dir = await Deno.makeTempDir();
+  const sink = createRecordSink(logging({ max_body_bytes: 0 }), {
+    dir,
+    secrets: [],
+    onError: assert.fail,
+  });
+  sink.write(record);
+  sink.write(makeRecord("after"));
+  await sink.close();
+  assert.deepEqual(await idsInOrder(dir), ["r-unspellable", "after"]);
+  await Deno.remove(dir, { recursive: true });
 });
 
 Deno.test("serializeRecord redacts a secret used as an object key in a body", () => {
@@ -491,7 +511,7 @@ Deno.test("record sink writes a line in pieces and still redacts a secret in any
     makeRecord("request", { request: { model: "m", key: plain } }),
     makeRecord("response", { response: { echo: `${colon} and ${plain}` } }),
   ];
-  // The colon secret is the last request's own, so the others are written in pieces.
+  // The colon secret is the last request's own; the others are searched piece by piece.
   for (const record of records) sink.write(record, record === records[3] ? [colon] : []);
   await sink.close();
   const lines = (await readLogFiles(dir)).get("requests.jsonl") ?? [];
@@ -514,6 +534,13 @@ Deno.test("record sink writes a line in pieces and still redacts a secret in any
   assert.equal(written[1].error?.message, "bad key [REDACTED]");
   assert.deepEqual(written[2].request, { model: "m", key: "[REDACTED]" });
   assert.deepEqual(written[3].response, { echo: "[REDACTED] and [REDACTED]" });
+  // Only a line with no secret in it, and no secret holding a seam's `,` or `:`, stays in pieces.
+  const pieces = (record: RequestRecord, secrets: string[]) =>
+    recordLineParts(record, { maxBodyBytes: 1024 * 1024, secrets }).length;
+  assert.equal(pieces(records[0], [plain]), 6);
+  assert.equal(pieces(records[1], [plain]), 1);
+  assert.equal(pieces(records[0], [plain, colon]), 1);
+  assert.equal(pieces(records[0], ["sk-comma,secret"]), 1);
   await Deno.remove(dir, { recursive: true });
 });
 
