@@ -126,9 +126,9 @@ export class QueuedLineWriter implements RecordSink {
   }
 
   /**
-   * Encodes the queued records as lines into the batch buffer: `encodeInto` a buffer kept between
-   * batches costs a few microseconds for a 200 KB line, where `encode` spends hundreds mapping a
-   * fresh result. The bytes returned are a view on that buffer: a batch is written, or copied to
+   * Encodes the queued lines, piece by piece, into the batch buffer: `encodeInto` a buffer kept
+   * between batches costs a few microseconds for a 200 KB line, where `encode` spends hundreds
+   * mapping a fresh result. The bytes returned are a view on that buffer: a batch is written, or copied to
    * `#failed`, before the single drain serializes the next one.
    */
   #serialize(): Uint8Array {
