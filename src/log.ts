@@ -91,8 +91,7 @@ export class QueuedLineWriter implements RecordSink {
   /** Writes what is queued and stops retrying; a later `write` starts the writer again. */
   async close(): Promise<void> {
     this.#closed = true;
-    clearTimeout(this.#scheduled);
-    this.#scheduled = undefined;
+    // A timer due meanwhile finds the drain running and leaves the queue to it.
     while (this.#draining !== null) await this.#draining;
     clearTimeout(this.#scheduled);
     this.#scheduled = undefined;
@@ -128,8 +127,8 @@ export class QueuedLineWriter implements RecordSink {
   /**
    * Encodes the queued lines, piece by piece, into the batch buffer: `encodeInto` a buffer kept
    * between batches costs a few microseconds for a 200 KB line, where `encode` spends hundreds
-   * mapping a fresh result. The bytes returned are a view on that buffer: a batch is written, or copied to
-   * `#failed`, before the single drain serializes the next one.
+   * mapping a fresh result. The bytes returned are a view on that buffer: a batch is written, or
+   * copied to `#failed`, before the single drain serializes the next one.
    */
   #serialize(): Uint8Array {
     const lines = this.#queue;
