@@ -1,4 +1,4 @@
-import { BUCKETS, type Histogram, type Stats } from "./stats.ts";
+import { BUCKETS, type Histogram, type LabeledCounter, type Stats } from "./stats.ts";
 
 function escapeLabel(value: unknown): string {
   return String(value ?? "").replaceAll("\\", "\\\\").replaceAll('"', '\\"').replaceAll(
@@ -11,16 +11,16 @@ function labels(names: readonly string[], values: readonly unknown[]): string {
   return names.map((name, i) => `${name}="${escapeLabel(values[i])}"`).join(",");
 }
 
-/** Lines of one counter family whose map keys are JSON arrays of label values. */
+/** Lines of one counter family. */
 function counter(
   name: string,
   help: string,
   labelNames: readonly string[],
-  values: Map<string, number>,
+  values: LabeledCounter,
 ): string[] {
   const lines = [`# HELP ${name} ${help}`, `# TYPE ${name} counter`];
-  for (const [key, value] of values) {
-    lines.push(`${name}{${labels(labelNames, JSON.parse(key))}} ${value}`);
+  for (const series of values.series) {
+    lines.push(`${name}{${labels(labelNames, series.labels)}} ${series.value}`);
   }
   return lines;
 }

@@ -43,6 +43,44 @@ export class Histogram {
   }
 }
 
+export type LabelValue = string | number | null;
+
+/** One combination of label values and its count. */
+export interface LabeledSeries {
+  readonly labels: readonly LabelValue[];
+  value: number;
+}
+
+type LabelNode = Map<LabelValue, LabelNode | LabeledSeries>;
+
+/**
+ * A counter per combination of label values, as `/metrics` exports them. The combination is
+ * found through a map per label, so counting one seen before builds no key.
+ */
+export class LabeledCounter {
+  /** In the order first counted. */
+  readonly series: LabeledSeries[] = [];
+  #root: LabelNode = new Map();
+
+  /** Adds `by` to the count of `labels`; every call for one counter passes as many labels. */
+  add(labels: readonly LabelValue[], by: number): void {
+    let node = this.#root;
+    const last = labels.length - 1;
+    for (let i = 0; i < last; i++) {
+      let next = node.get(labels[i]) as LabelNode | undefined;
+      if (next === undefined) node.set(labels[i], next = new Map());
+      node = next;
+    }
+    let found = node.get(labels[last]) as LabeledSeries | undefined;
+    if (found === undefined) {
+      found = { labels: [...labels], value: 0 };
+      node.set(labels[last], found);
+      this.series.push(found);
+    }
+    found.value += by;
+  }
+}
+
 /** Counters for one provider or one model. */
 export interface SeriesStats {
   requests: number;
@@ -88,14 +126,14 @@ export class Stats {
   /** Per inbound key name, so usage can be told apart per client. */
   readonly clients = new Map<string, SeriesStats>();
   /** Requests by endpoint, provider, model and status: the counter `/metrics` exports. */
-  readonly requests = new Map<string, number>();
+  readonly requests = new LabeledCounter();
   /** Attempts by provider and outcome (`ok`, or the attempt's error kind). */
-  readonly attempts = new Map<string, number>();
+  readonly attempts = new LabeledCounter();
   /** Tokens by answering provider, client model and kind. */
-  readonly tokens = new Map<string, number>();
+  readonly tokens = new LabeledCounter();
   /** Requests by inbound key name and status; tokens by key name and kind. */
-  readonly clientRequests = new Map<string, number>();
-  readonly clientTokens = new Map<string, number>();
+  readonly clientRequests = new LabeledCounter();
+  readonly clientTokens = new LabeledCounter();
 
   /**
    * `isConfigured` tells the model names the config knows (mapping keys, providers' `models`).
@@ -114,12 +152,8 @@ export class Stats {
 
   add(record: RequestRecord): void {
     const label = this.#modelLabel(record);
-    const key = JSON.stringify([record.endpoint, record.provider, label, record.status]);
-    this.requests.set(key, (this.requests.get(key) ?? 0) + 1);
-    if (record.client !== null) {
-      const byClient = JSON.stringify([record.client, record.status]);
-      this.clientRequests.set(byClient, (this.clientRequests.get(byClient) ?? 0) + 1);
-    }
+    this.requests.add([record.endpoint, record.provider, label, record.status], 1);
+    if (record.client !== null) this.clientRequests.add([record.client, record.status], 1);
     const model = label === null ? null : series(this.models, label);
     if (model !== null) model.requests++;
     const client = record.client === null ? null : series(this.clients, record.client);
@@ -130,8 +164,7 @@ export class Stats {
     record.attempts.forEach((attempt, i) => {
       const provider = series(this.providers, attempt.provider);
       provider.requests++;
-      const outcome = JSON.stringify([attempt.provider, outcomeOf(attempt)]);
-      this.attempts.set(outcome, (this.attempts.get(outcome) ?? 0) + 1);
+      this.attempts.add([attempt.provider, outcomeOf(attempt)], 1);
       if (attempt.error === null) {
         provider.successes++;
       } else if (attempt.error !== "client_aborted") {
@@ -163,11 +196,8 @@ export class Stats {
     }
     if (tokens !== null) {
       for (const kind of Object.keys(tokens) as (keyof TokenCounts)[]) {
-        const key = JSON.stringify([record.provider, label, kind]);
-        this.tokens.set(key, (this.tokens.get(key) ?? 0) + tokens[kind]);
-        if (record.client === null) continue;
-        const byClient = JSON.stringify([record.client, kind]);
-        this.clientTokens.set(byClient, (this.clientTokens.get(byClient) ?? 0) + tokens[kind]);
+        this.tokens.add([record.provider, label, kind], tokens[kind]);
+        if (record.client !== null) this.clientTokens.add([record.client, kind], tokens[kind]);
       }
     }
   }
@@ -187,7 +217,7 @@ export class Stats {
         }]),
       );
     let total = 0;
-    for (const count of this.requests.values()) total += count;
+    for (const { value } of this.requests.series) total += value;
     return {
       uptime_s: Math.round((Date.now() - this.started) / 1000),
       requests: total,
