@@ -40,3 +40,30 @@ export function planCandidates(config: Config, dialect: Dialect, model: string):
   }
   return candidates;
 }
+
+/** Per endpoint type, the plans made so far; model names are the client's, so they are capped. */
+const plans = new WeakMap<Config, Map<Dialect["type"], Map<string, readonly Candidate[]>>>();
+const MAX_PLANS = 1024;
+
+/**
+ * `planCandidates`, made once per config, endpoint and model: a config is never changed once
+ * loaded (a reload brings a new one), so neither is its plan for a model. Callers do not change
+ * the list they get.
+ */
+export function candidatesFor(
+  config: Config,
+  dialect: Dialect,
+  model: string,
+): readonly Candidate[] {
+  let byType = plans.get(config);
+  if (byType === undefined) plans.set(config, byType = new Map());
+  let byModel = byType.get(dialect.type);
+  if (byModel === undefined) byType.set(dialect.type, byModel = new Map());
+  let plan = byModel.get(model);
+  if (plan === undefined) {
+    plan = planCandidates(config, dialect, model);
+    if (byModel.size >= MAX_PLANS) byModel.clear();
+    byModel.set(model, plan);
+  }
+  return plan;
+}
