@@ -150,11 +150,13 @@ type Figures = Partial<Record<Column, number | null>>;
 
 /**
  * `target` is what the router's figure is held to, in words. `ratio`, when measured in rounds,
- * is the median of each round's router / bare; otherwise the ratio of the two figures.
+ * is the median of each round's router / bare (`roundRatios`, in round order); otherwise the
+ * ratio of the two figures.
  */
 type Row = { scenario: string; metric: string } & Figures & {
   target: string;
   ratio?: number | null;
+  roundRatios?: number[];
 };
 
 const rows: Row[] = [];
@@ -172,7 +174,7 @@ async function sideBySide(
   targets: Partial<Record<Column, Target>>,
   body: string,
   measure: (request: LoadRequest) => Promise<number | null>,
-): Promise<Figures & { ratio: number | null }> {
+): Promise<Figures & { ratio: number | null; roundRatios: number[] }> {
   const names = Object.keys(targets) as Column[];
   const samples = new Map(names.map((name) => [name, [] as (number | null)[]]));
   for (let round = 0; round < ROUNDS; round++) {
@@ -194,6 +196,7 @@ async function sideBySide(
   return {
     ...Object.fromEntries(names.map((name) => [name, mean(samples.get(name)!)])),
     ratio: median(ratios),
+    roundRatios: ratios,
   };
 }
 
@@ -279,6 +282,7 @@ rows.push({
   bare: g.bare,
   router: g.router,
   ratio: g.ratio,
+  roundRatios: g.roundRatios,
   target: "close to 1.0x",
 });
 await routerQuiet.stop();
@@ -334,6 +338,11 @@ await Promise.all([fast.stop(), slow.stop()]);
 
 const format = (value: number | null | undefined) =>
   value == null ? "-" : value.toFixed(value < 10 ? 2 : 0);
+/** The lowest and highest round's router / bare: how far the machine's noise moved the ratio. */
+const spread = (ratios: number[] | undefined) =>
+  ratios === undefined || ratios.length < 2
+    ? "-"
+    : `${Math.min(...ratios).toFixed(2)}–${Math.max(...ratios).toFixed(2)}`;
 const extraColumns = extras.map((extra) => extra.name);
 const columns: Column[] = ["direct", "bare", "router", ...extraColumns];
 const heads = ["direct", "bare proxy", "router", ...extraColumns];
@@ -342,8 +351,8 @@ const lines = [
   `${ROUNDS} round(s); ${Deno.build.os} ${Deno.build.arch}, ${navigator.hardwareConcurrency} CPUs, ` +
   `Deno ${Deno.version.deno}; router started with ${routerV8Flags.join(" ") || "no V8 flags"}`,
   "",
-  `| scenario | metric | ${heads.join(" | ")} | router / bare | target |`,
-  `| --- | --- | ${heads.map(() => "---:").join(" | ")} | ---: | --- |`,
+  `| scenario | metric | ${heads.join(" | ")} | router / bare | rounds | target |`,
+  `| --- | --- | ${heads.map(() => "---:").join(" | ")} | ---: | ---: | --- |`,
   ...rows.map((row) => {
     const ratio = row.ratio !== undefined
       ? format(row.ratio)
@@ -351,7 +360,8 @@ const lines = [
       ? (row.router / row.bare).toFixed(2)
       : "-";
     const figures = columns.map((column) => format(row[column])).join(" | ");
-    return `| ${row.scenario} | ${row.metric} | ${figures} | ${ratio} | ${row.target} |`;
+    const rounds = spread(row.roundRatios);
+    return `| ${row.scenario} | ${row.metric} | ${figures} | ${ratio} | ${rounds} | ${row.target} |`;
   }),
 ];
 console.log(lines.join("\n"));
