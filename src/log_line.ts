@@ -19,15 +19,35 @@ function hasEscapes(text: string): boolean {
   return !text.isWellFormed();
 }
 
-/** Replaces every secret in `text`, in both its raw and its JSON-escaped spelling. */
+/**
+ * Replaces every secret in `text`, in both its raw and its JSON-escaped spelling. All matches are
+ * found in the text as it is and overlapping ones are replaced as one, so a secret that holds or
+ * overlaps another is never left partly in clear by the other's replacement.
+ */
 function scrub(text: string, secrets: readonly string[]): string {
+  const found: [start: number, end: number][] = [];
+  const find = (needle: string) => {
+    for (let at = text.indexOf(needle); at !== -1; at = text.indexOf(needle, at + 1)) {
+      found.push([at, at + needle.length]);
+    }
+  };
   for (const secret of secrets) {
-    if (text.includes(secret)) text = text.replaceAll(secret, REDACTED);
-    if (!hasEscapes(secret)) continue;
-    const escaped = JSON.stringify(secret).slice(1, -1);
-    if (text.includes(escaped)) text = text.replaceAll(escaped, REDACTED);
+    find(secret);
+    if (hasEscapes(secret)) find(JSON.stringify(secret).slice(1, -1));
   }
-  return text;
+  if (found.length === 0) return text;
+  found.sort((a, b) => a[0] - b[0]);
+  let out = text.slice(0, found[0][0]);
+  let end = found[0][1];
+  for (const [from, to] of found) {
+    if (from < end) {
+      end = Math.max(end, to);
+      continue;
+    }
+    out += REDACTED + text.slice(end, from);
+    end = to;
+  }
+  return out + REDACTED + text.slice(end);
 }
 
 /** Scrubs every string in a parsed value, keys included. */
@@ -59,7 +79,11 @@ function bodyJson(
   const scrubbed = text !== raw;
   const bytes = encoder.encode(text);
   if (bytes.length <= cap) {
-    return { json: isText ? JSON.stringify(text) : text, truncated: false, scrubbed };
+    // Whole after all. JSON text goes as it was and is scrubbed with the line, which keeps the
+    // line valid even where a secret's spelling runs across the body's JSON syntax.
+    return isText
+      ? { json: JSON.stringify(text), truncated: false, scrubbed }
+      : { ...whole, scrubbed };
   }
   const cut = decoder.decode(bytes.subarray(0, cap)).replace(/\uFFFD$/, "");
   return { json: JSON.stringify(cut), truncated: true, scrubbed };
