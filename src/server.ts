@@ -69,7 +69,11 @@ export function startServer(config: Config, options: ServerOptions): RunningServ
     port: server.addr.port,
     reload(next) {
       current = next;
-      secrets.splice(0, secrets.length, ...configSecrets(next));
+      // Keys the new config dropped stay redacted: requests in flight still use them, and a
+      // rotated key is the one a provider's error message is likely to quote.
+      for (const secret of configSecrets(next)) {
+        if (!secrets.includes(secret)) secrets.push(secret);
+      }
     },
     async stop() {
       const grace = setTimeout(() => {
