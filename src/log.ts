@@ -15,6 +15,8 @@ const encoder = new TextEncoder();
 const LF = 0x0a;
 /** The batch buffer is kept for the next batch up to this size; a larger one is let go. */
 const KEPT_BUFFER_BYTES = 4 * 1024 * 1024;
+/** A batch stops taking lines once it may need this many bytes. */
+const BATCH_BYTES = 16 * 1024 * 1024;
 const RETRY_MS = 1000;
 /** Lines up to this many UTF-16 units are encoded joined (at most 64 KB of string). */
 const JOIN_LINE_CHARS = 32 * 1024;
@@ -82,12 +84,26 @@ export class QueuedLineWriter implements RecordSink {
    * that set it, whenever it ends.
    */
   #startDrain(): Promise<void> {
-    const run = this.#drain().finally(() => {
+    const run = this.#drain().catch((error) => {
+      // A fault of the writer's own, not of the target: what is queued stays queued.
+      this.#report(`Request log writer failed: ${error}`);
+    }).finally(() => {
       if (this.#draining === run) this.#draining = null;
       if (this.#failed !== null) this.#schedule(RETRY_MS);
+      // A record queued after the drain found the queue empty, but before it ended, found no
+      // timer to set.
+      else if (this.#queue.length > 0) this.#schedule(FLUSH_MS);
     });
     this.#draining = run;
     return run;
+  }
+
+  #report(message: string): void {
+    try {
+      this.reports.onError(message);
+    } catch {
+      // Whoever listens must not take the writer down with it.
+    }
   }
 
   /** Writes what is queued and stops retrying; a later `write` starts the writer again. */
@@ -98,6 +114,11 @@ export class QueuedLineWriter implements RecordSink {
     clearTimeout(this.#scheduled);
     this.#scheduled = undefined;
     if (this.#queue.length > 0 || this.#failed !== null) await this.#startDrain();
+    if (this.#failed !== null) {
+      this.#report(
+        `${this.#failed.length} bytes of the request log could not be written before it closed`,
+      );
+    }
   }
 
   async #drain(): Promise<void> {
@@ -113,9 +134,7 @@ export class QueuedLineWriter implements RecordSink {
         this.#failed = bytes.slice(written);
         this.writeErrors++;
         this.target.reset();
-        if (!this.#failing) {
-          this.reports.onError(`Cannot write request log ${this.target.name}: ${error}`);
-        }
+        if (!this.#failing) this.#report(`Cannot write request log ${this.target.name}: ${error}`);
         this.#failing = true;
         return;
       }
@@ -132,21 +151,25 @@ export class QueuedLineWriter implements RecordSink {
    * result. A short line is joined and encoded in one call, which costs half of encoding its
    * pieces one by one; a long one goes piece by piece, since joining would copy its body into
    * fresh memory. The bytes returned are a view on that buffer: a batch is written, or copied to
-   * `#failed`, before the single drain serializes the next one.
+   * `#failed`, before the single drain serializes the next one. A batch takes lines up to about
+   * `BATCH_BYTES` (at least one), so a backlog left by a log that could not be written goes out in
+   * several, not in one buffer as large as all of it.
    */
   #serialize(): Uint8Array {
-    const lines = this.#queue;
-    this.#queue = [];
     let bound = 0;
-    for (const parts of lines) {
+    let count = 0;
+    for (const parts of this.#queue) {
+      if (count > 0 && bound > BATCH_BYTES) break;
       for (const part of parts) bound += part.length * 3;
       bound++;
+      count++;
     }
     let buffer = this.#buffer;
     if (buffer.length < bound) {
       buffer = new Uint8Array(bound);
       if (bound <= KEPT_BUFFER_BYTES) this.#buffer = buffer;
     }
+    const lines = this.#queue.splice(0, count);
     let at = 0;
     for (const parts of lines) {
       let length = 0;
@@ -222,9 +245,18 @@ export class RotatingFile implements LineTarget {
           }
           cut = rest.indexOf(LF) + 1 || rest.length;
         }
-        await Deno.writeFile(this.name, rest.subarray(0, cut), { append: true, create: true });
-        this.#size = size += cut;
-        written += cut;
+        // Counted write by write, so a failure partway (a full disk) retries only the rest.
+        const file = await Deno.open(this.name, { append: true, create: true });
+        try {
+          for (let done = 0; done < cut;) {
+            const count = await file.write(rest.subarray(done, cut));
+            done += count;
+            written += count;
+            this.#size = size += count;
+          }
+        } finally {
+          file.close();
+        }
       }
     } catch (error) {
       throw new PartialWrite(written, { cause: error });
@@ -255,7 +287,12 @@ export class RotatingFile implements LineTarget {
 const stdoutTarget: LineTarget = {
   name: "stdout",
   async append(bytes) {
-    for (let at = 0; at < bytes.length;) at += await Deno.stdout.write(bytes.subarray(at));
+    let at = 0;
+    try {
+      while (at < bytes.length) at += await Deno.stdout.write(bytes.subarray(at));
+    } catch (error) {
+      throw new PartialWrite(at, { cause: error });
+    }
   },
   reset() {},
 };

@@ -500,6 +500,125 @@ Deno.test("record sink runs one drain at a time: a retry due while close() drain
   assert.deepEqual(ids.toSorted(), ["r1", "r2", "r3"], "each record once");
 });
 
+Deno.test("record sink writes a record queued while a drain is ending, without waiting for another", async () => {
+  const decoder = new TextDecoder();
+  const appended: string[] = [];
+  const target: LineTarget = {
+    name: "memory",
+    append(bytes) {
+      appended.push(decoder.decode(bytes));
+      // Two microtasks on, the drain has found nothing more to write and has not ended yet.
+      if (appended.length === 1) {
+        queueMicrotask(() => queueMicrotask(() => sink.write(makeRecord("r2"))));
+      }
+      return Promise.resolve();
+    },
+    reset() {},
+  };
+  const sink = new QueuedLineWriter(target, { maxBodyBytes: 0, secrets: [] }, { onError() {} });
+  sink.write(makeRecord("r1"));
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  const ids = appended.join("").split("\n").filter((line) => line !== "").map((line) =>
+    JSON.parse(line).request_id
+  );
+  assert.deepEqual(ids, ["r1", "r2"], "r2 is written by the writer itself, not by close()");
+  await sink.close();
+});
+
+Deno.test("record sink survives a fault of its own in a drain: reported, nothing lost, no crash", async () => {
+  const decoder = new TextDecoder();
+  const appended: string[] = [];
+  let appends = 0;
+  const target: LineTarget = {
+    name: "flaky",
+    append(bytes) {
+      if (++appends === 1) return Promise.reject(new Error("disk full"));
+      appended.push(decoder.decode(bytes));
+      return Promise.resolve();
+    },
+    reset() {
+      throw new Error("reset failed");
+    },
+  };
+  const errors: string[] = [];
+  const sink = new QueuedLineWriter(target, { maxBodyBytes: 0, secrets: [] }, {
+    onError: (message) => errors.push(message),
+  });
+  sink.write(makeRecord("r1"));
+  await new Promise((resolve) => setTimeout(resolve, RETRY_WAIT_MS));
+  await sink.close();
+  assert.match(errors.join("\n"), /reset failed/);
+  const ids = appended.join("").split("\n").filter((line) => line !== "").map((line) =>
+    JSON.parse(line).request_id
+  );
+  assert.deepEqual(ids, ["r1"]);
+});
+
+Deno.test("record sink writes a backlog in batches of bounded size once the log is writable again", async () => {
+  const sizes: number[] = [];
+  const ids: string[] = [];
+  const decoder = new TextDecoder();
+  let failing = true;
+  const target: LineTarget = {
+    name: "recovering",
+    append(bytes) {
+      if (failing) return Promise.reject(new Error("disk full"));
+      sizes.push(bytes.length);
+      for (const line of decoder.decode(bytes).split("\n")) {
+        if (line !== "") ids.push(JSON.parse(line).request_id);
+      }
+      return Promise.resolve();
+    },
+    reset() {},
+  };
+  const sink = new QueuedLineWriter(target, { maxBodyBytes: 0, secrets: [] }, { onError() {} });
+  const body = { text: "x".repeat(1024 * 1024) };
+  sink.write(makeRecord("r0", { response: body }));
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  for (let i = 1; i < 40; i++) sink.write(makeRecord(`r${i}`, { response: body }));
+  failing = false;
+  await sink.close();
+  assert.deepEqual(ids, Array.from({ length: 40 }, (_, i) => `r${i}`), "every record, in order");
+  assert.ok(sizes.length >= 3, `a 40 MB backlog in several batches, got ${sizes.length}`);
+  assert.ok(Math.max(...sizes) < 20 * 1024 * 1024, `batches stay bounded: ${sizes}`);
+});
+
+Deno.test("serializeRecord leaves nothing of a secret that holds or overlaps another", () => {
+  const cases: [secrets: string[], text: string, logged: string][] = [
+    [["sk-live-abc", "sk-live-abcdefghij"], "key sk-live-abcdefghij!", "key [REDACTED]!"],
+    [["sk-live-abcdefghij", "sk-live-abc"], "key sk-live-abcdefghij!", "key [REDACTED]!"],
+    [["xxxxxxYYYY", "YYYYzzzzzz"], "a xxxxxxYYYYzzzzzz b", "a [REDACTED] b"],
+    [["secret-one", "secret-two"], "secret-one secret-two", "[REDACTED] [REDACTED]"],
+  ];
+  for (const [secrets, text, logged] of cases) {
+    const line = serializeRecord(makeRecord("r", { response: text }), {
+      maxBodyBytes: 0,
+      secrets,
+    });
+    assert.equal(JSON.parse(line).response, logged, line);
+  }
+});
+
+Deno.test("serializeRecord keeps a body whole and valid with a secret that ends in a backslash or a quote", () => {
+  for (
+    const [secret, body] of [
+      ["sk-abcdef\\", { key: "sk-abcdef\\", pad: "p".repeat(40) }],
+      ['abcdef"', { key: "abcdef", pad: "p".repeat(40) }],
+    ] as const
+  ) {
+    // Between a third of the cap and the cap: scrubbed before it is measured, then kept whole.
+    const line = serializeRecord(makeRecord("r", { response: body }), {
+      maxBodyBytes: 100,
+      secrets: [secret],
+    });
+    const logged = JSON.parse(line);
+    assert.equal(logged.response_truncated, false);
+    assert.equal(logged.response.pad, body.pad, `the body is kept: ${line}`);
+    assert.ok(!JSON.stringify(logged).includes(JSON.stringify(secret).slice(1, -1)));
+    assert.equal(logged.response.key, body.key === secret ? "[REDACTED]" : body.key);
+  }
+});
+
 Deno.test("record sink writes a line in pieces and still redacts a secret in any of them, in the head, either body, or holding a seam character", async () => {
   const dir = await Deno.makeTempDir();
   const plain = "sk-plain-secret-1234";
@@ -648,7 +767,10 @@ Deno.test("record sink stops retrying once closed with an unwritable log path", 
   });
   sink.write(makeRecord("lost"));
   await sink.close();
-  assert.equal(errors.length, 1);
+  assert.equal(errors.length, 2, errors.join("\n"));
+  assert.match(errors[0], /Cannot write request log/);
+  // What close() could not write is said, not dropped in silence.
+  assert.match(errors[1], /^\d+ bytes of the request log could not be written before it closed$/);
   // Fix the path after close: a sink that still has a retry timer would now write.
   await Deno.remove(dir);
   await new Promise((resolve) => setTimeout(resolve, RETRY_WAIT_MS));
@@ -795,6 +917,44 @@ Deno.test("router keeps answering through a log write error, reports it once, co
 
 // ---------------------------------------------------------------------------------------------
 // Body cap through the router
+
+Deno.test("router keeps redacting a provider key that a config reload dropped", async () => {
+  const oldKey = "sk-old-rotated-key-1234";
+  const newKey = "sk-new-fresh-key-5678";
+  // A provider's error that quotes the key it was sent, as OpenAI's 401 does.
+  const mock = startMockUpstream(() => ({
+    status: 401,
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ error: { message: `Incorrect API key provided: ${oldKey}` } }),
+  }));
+  const dir = await Deno.makeTempDir();
+  const config = (key: string) =>
+    parseConfig(
+      JSON.stringify({ providers: [provider("only", "openai", mock.url, { api_key: key })] }),
+      () => undefined,
+    );
+  const server = startServer(config(oldKey), {
+    host: "127.0.0.1",
+    port: 0,
+    logDir: dir,
+    ops: { log() {} },
+    onListen() {},
+  });
+  server.reload(config(newKey));
+  const answer = await post(`http://127.0.0.1:${server.port}${OPENAI}`, {
+    model: "gpt-test",
+    messages: [{ role: "user", content: "hi" }],
+  });
+  await server.stop();
+  await mock.close();
+  const files = await readLogFiles(dir);
+  await Deno.remove(dir, { recursive: true });
+  const lines = files.get("requests.jsonl") ?? [];
+  assert.equal(answer.status, 401);
+  assert.equal(lines.length, 1);
+  assert.ok(!lines[0].includes(oldKey), `the dropped key is still redacted: ${lines[0]}`);
+  assert.match(lines[0], /Incorrect API key provided: \[REDACTED\]/);
+});
 
 Deno.test("router logs bodies over max_body_bytes cut and flagged, and the client gets them whole", async () => {
   const longText = "The quick brown fox jumps over the lazy dog. ".repeat(12);
