@@ -9,6 +9,8 @@ export interface RecordSink {
   close(): Promise<void>;
   /** Batches that could not be written, for the statistics. */
   readonly writeErrors: number;
+  /** Records let go unwritten because the queue was full, for the statistics. */
+  readonly droppedRecords: number;
 }
 
 const encoder = new TextEncoder();
@@ -17,6 +19,11 @@ const LF = 0x0a;
 const KEPT_BUFFER_BYTES = 4 * 1024 * 1024;
 /** A batch stops taking lines once it may need this many bytes. */
 const BATCH_BYTES = 16 * 1024 * 1024;
+/**
+ * The most text (UTF-16 units) the queue holds: past it the oldest records are let go, so a log
+ * that cannot be written (a full disk) costs the router some records, never all its memory.
+ */
+const MAX_QUEUED_CHARS = 64 * 1024 * 1024;
 const RETRY_MS = 1000;
 /** Lines up to this many UTF-16 units are encoded joined (at most 64 KB of string). */
 const JOIN_LINE_CHARS = 32 * 1024;
@@ -49,8 +56,11 @@ export interface SinkReports {
  */
 export class QueuedLineWriter implements RecordSink {
   writeErrors = 0;
+  droppedRecords = 0;
   /** Lines waiting for the next batch, serialized as their records arrive, each in its pieces. */
   #queue: string[][] = [];
+  #queuedChars = 0;
+  #dropping = false;
   #failed: Uint8Array | null = null;
   #buffer = new Uint8Array(0);
   #draining: Promise<void> | null = null;
@@ -65,7 +75,17 @@ export class QueuedLineWriter implements RecordSink {
   ) {}
 
   write(record: RequestRecord, secrets: readonly string[] = []): void {
-    this.#queue.push(this.#line(record, secrets));
+    const line = this.#line(record, secrets);
+    this.#queue.push(line);
+    this.#queuedChars += lineChars(line);
+    while (this.#queuedChars > MAX_QUEUED_CHARS && this.#queue.length > 1) {
+      this.#queuedChars -= lineChars(this.#queue.shift()!);
+      this.droppedRecords++;
+      if (!this.#dropping) {
+        this.#report("Request log queue is full: the oldest records are dropped until it drains");
+      }
+      this.#dropping = true;
+    }
     this.#closed = false;
     this.#schedule(FLUSH_MS);
   }
@@ -170,6 +190,8 @@ export class QueuedLineWriter implements RecordSink {
       if (bound <= KEPT_BUFFER_BYTES) this.#buffer = buffer;
     }
     const lines = this.#queue.splice(0, count);
+    for (const parts of lines) this.#queuedChars -= lineChars(parts);
+    if (this.#queue.length === 0) this.#dropping = false;
     let at = 0;
     for (const parts of lines) {
       let length = 0;
@@ -199,6 +221,12 @@ export class QueuedLineWriter implements RecordSink {
       return recordLineParts(bare, options);
     }
   }
+}
+
+function lineChars(parts: string[]): number {
+  let chars = 0;
+  for (const part of parts) chars += part.length;
+  return chars;
 }
 
 /** A failed append that had already written its first `written` bytes. */
@@ -301,6 +329,7 @@ const disabledSink: RecordSink = {
   write() {},
   close: () => Promise.resolve(),
   writeErrors: 0,
+  droppedRecords: 0,
 };
 
 /** The request log the config asks for: a rotating file, stdout, or nothing. */

@@ -1,4 +1,10 @@
-import { BUCKETS, type Histogram, type LabeledCounter, type Stats } from "./stats.ts";
+import {
+  BUCKETS,
+  type Histogram,
+  type LabeledCounter,
+  type LogCounts,
+  type Stats,
+} from "./stats.ts";
 
 function escapeLabel(value: unknown): string {
   return String(value ?? "").replaceAll("\\", "\\\\").replaceAll('"', '\\"').replaceAll(
@@ -46,7 +52,7 @@ function histogram(
 }
 
 /** The statistics in Prometheus' text exposition format (version 0.0.4). */
-export function renderMetrics(stats: Stats, logWriteErrors: number): string {
+export function renderMetrics(stats: Stats, log: LogCounts): string {
   const providers = [...stats.providers];
   return [
     ...counter(
@@ -91,7 +97,10 @@ export function renderMetrics(stats: Stats, logWriteErrors: number): string {
     ),
     "# HELP llm_router_log_write_errors_total Request-log batches that could not be written.",
     "# TYPE llm_router_log_write_errors_total counter",
-    `llm_router_log_write_errors_total ${logWriteErrors}`,
+    `llm_router_log_write_errors_total ${log.writeErrors}`,
+    "# HELP llm_router_log_dropped_records_total Records let go unwritten because the request-log queue was full.",
+    "# TYPE llm_router_log_dropped_records_total counter",
+    `llm_router_log_dropped_records_total ${log.droppedRecords}`,
     "",
   ].join("\n");
 }

@@ -25,13 +25,13 @@ export const PAGES: Record<string, (sources: PageSources) => Response> = {
   },
   "/stats": ({ stats, sink, health, config }) =>
     Response.json({
-      ...stats.toJSON(sink.writeErrors),
+      ...stats.toJSON(sink),
       cooldowns: health.report(config().providers.map((p) => p.name))
         .filter((state) => state.state === "cooling_down")
         .map(({ name, cooling_until }) => ({ provider: name, until: cooling_until })),
     }),
   "/metrics": ({ stats, sink }) =>
-    new Response(renderMetrics(stats, sink.writeErrors), {
+    new Response(renderMetrics(stats, sink), {
       headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
     }),
 };

@@ -51,6 +51,9 @@ export function startServer(config: Config, options: ServerOptions): RunningServ
     get writeErrors() {
       return log.writeErrors;
     },
+    get droppedRecords() {
+      return log.droppedRecords;
+    },
   };
   const inFlight = new InFlight();
   const upstream = createHttpClient();

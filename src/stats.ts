@@ -43,6 +43,12 @@ export class Histogram {
   }
 }
 
+/** What the request log's writer counts, as the statistics show it. */
+export interface LogCounts {
+  readonly writeErrors: number;
+  readonly droppedRecords: number;
+}
+
 export type LabelValue = string | number | null;
 
 /** One combination of label values and its count. */
@@ -202,8 +208,8 @@ export class Stats {
     }
   }
 
-  /** The `/stats` document; `logWriteErrors` comes from the request log's writer. */
-  toJSON(logWriteErrors: number): object {
+  /** The `/stats` document; `log` gives the request log writer's counts. */
+  toJSON(log: LogCounts): object {
     const view = (map: Map<string, SeriesStats>) =>
       Object.fromEntries(
         [...map].map(([name, s]) => [name, {
@@ -221,7 +227,8 @@ export class Stats {
     return {
       uptime_s: Math.round((Date.now() - this.started) / 1000),
       requests: total,
-      log_write_errors: logWriteErrors,
+      log_write_errors: log.writeErrors,
+      log_dropped_records: log.droppedRecords,
       providers: view(this.providers),
       models: view(this.models),
       clients: view(this.clients),

@@ -11,6 +11,7 @@ import type { RequestRecord } from "../src/record.ts";
 export class MemorySink implements RecordSink {
   records: RequestRecord[] = [];
   writeErrors = 0;
+  droppedRecords = 0;
   #waiters: { count: number; resolve: () => void }[] = [];
 
   write(record: RequestRecord): void {

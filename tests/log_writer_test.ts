@@ -583,6 +583,41 @@ Deno.test("record sink writes a backlog in batches of bounded size once the log 
   assert.ok(Math.max(...sizes) < 20 * 1024 * 1024, `batches stay bounded: ${sizes}`);
 });
 
+Deno.test("record sink holds a bounded queue while the log cannot be written: the oldest records go, counted and reported once", async () => {
+  const ids: string[] = [];
+  const decoder = new TextDecoder();
+  let failing = true;
+  const target: LineTarget = {
+    name: "full disk",
+    append(bytes) {
+      if (failing) return Promise.reject(new Error("no space left on device"));
+      for (const line of decoder.decode(bytes).split("\n")) {
+        if (line !== "") ids.push(JSON.parse(line).request_id);
+      }
+      return Promise.resolve();
+    },
+    reset() {},
+  };
+  const errors: string[] = [];
+  const sink = new QueuedLineWriter(target, { maxBodyBytes: 0, secrets: [] }, {
+    onError: (message) => errors.push(message),
+  });
+  // 8 Mi characters each: 20 of them are over the queue's 64 Mi.
+  const body = { text: "x".repeat(8 * 1024 * 1024) };
+  sink.write(makeRecord("r0", { response: body }));
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  for (let i = 1; i < 20; i++) sink.write(makeRecord(`r${i}`, { response: body }));
+  failing = false;
+  await sink.close();
+  assert.ok(sink.droppedRecords > 0, "some records were let go");
+  assert.equal(ids.length + sink.droppedRecords, 20, "each record written or counted");
+  assert.equal(ids[0], "r0", "the batch already taken is written on recovery");
+  const kept = ids.slice(1).map((id) => Number(id.slice(1)));
+  assert.deepEqual(kept, kept.toSorted((a, b) => a - b), "in order");
+  assert.equal(kept.at(-1), 19, "the newest are kept");
+  assert.equal(errors.filter((message) => /queue is full/.test(message)).length, 1);
+});
+
 Deno.test("serializeRecord leaves nothing of a secret that holds or overlaps another", () => {
   const cases: [secrets: string[], text: string, logged: string][] = [
     [["sk-live-abc", "sk-live-abcdefghij"], "key sk-live-abcdefghij!", "key [REDACTED]!"],

@@ -5,6 +5,8 @@
  * exporting OTLP/JSON to a collector started by the test.
  */
 import assert from "node:assert/strict";
+import { createHandler } from "../src/app.ts";
+import { parseConfig } from "../src/config.ts";
 import type { RequestRecord } from "../src/record.ts";
 import { BUCKETS, failureReason, Histogram } from "../src/stats.ts";
 import {
@@ -881,4 +883,19 @@ Deno.test("with OTEL_DENO=true the llm_router.request span carries the answer's 
   } finally {
     await mock.close();
   }
+});
+
+Deno.test("/stats and /metrics report the request log's write errors and dropped records", async () => {
+  const config = parseConfig(
+    JSON.stringify({ providers: [provider("p", "openai", "http://127.0.0.1:9")] }),
+    () => undefined,
+  );
+  const sink = { write() {}, close: () => Promise.resolve(), writeErrors: 2, droppedRecords: 5 };
+  const handler = createHandler(() => config, { sink });
+  const stats = await (await handler(new Request("http://router/stats"))).json();
+  assert.equal(stats.log_write_errors, 2);
+  assert.equal(stats.log_dropped_records, 5);
+  const metrics = await (await handler(new Request("http://router/metrics"))).text();
+  assert.match(metrics, /^llm_router_log_write_errors_total 2$/m);
+  assert.match(metrics, /^llm_router_log_dropped_records_total 5$/m);
 });
