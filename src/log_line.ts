@@ -20,34 +20,42 @@ function hasEscapes(text: string): boolean {
 }
 
 /**
+ * `covered` with every character of every place `needle` occurs in `text` marked; the marks are
+ * made only at a first match. One byte per character whatever the number of matches, so a body
+ * full of repeats of a secret costs no more memory than any other.
+ */
+function cover(text: string, needle: string, covered: Uint8Array | null): Uint8Array | null {
+  let marked = 0;
+  for (let at = text.indexOf(needle); at !== -1; at = text.indexOf(needle, at + 1)) {
+    covered ??= new Uint8Array(text.length);
+    const end = at + needle.length;
+    covered.fill(1, Math.max(at, marked), end);
+    marked = end;
+  }
+  return covered;
+}
+
+/**
  * Replaces every secret in `text`, in both its raw and its JSON-escaped spelling. All matches are
- * found in the text as it is and overlapping ones are replaced as one, so a secret that holds or
- * overlaps another is never left partly in clear by the other's replacement.
+ * found in the text as it is and each run of matched characters is replaced as one, so a secret
+ * that holds or overlaps another is never left partly in clear by the other's replacement.
  */
 function scrub(text: string, secrets: readonly string[]): string {
-  const found: [start: number, end: number][] = [];
-  const find = (needle: string) => {
-    for (let at = text.indexOf(needle); at !== -1; at = text.indexOf(needle, at + 1)) {
-      found.push([at, at + needle.length]);
-    }
-  };
+  let covered: Uint8Array | null = null;
   for (const secret of secrets) {
-    find(secret);
-    if (hasEscapes(secret)) find(JSON.stringify(secret).slice(1, -1));
+    covered = cover(text, secret, covered);
+    if (hasEscapes(secret)) covered = cover(text, JSON.stringify(secret).slice(1, -1), covered);
   }
-  if (found.length === 0) return text;
-  found.sort((a, b) => a[0] - b[0]);
-  let out = text.slice(0, found[0][0]);
-  let end = found[0][1];
-  for (const [from, to] of found) {
-    if (from < end) {
-      end = Math.max(end, to);
-      continue;
-    }
-    out += REDACTED + text.slice(end, from);
-    end = to;
+  if (covered === null) return text;
+  const pieces: string[] = [];
+  let at = 0;
+  for (let start = covered.indexOf(1); start !== -1; start = covered.indexOf(1, at)) {
+    const end = covered.indexOf(0, start);
+    pieces.push(text.slice(at, start));
+    at = end === -1 ? text.length : end;
   }
-  return out + REDACTED + text.slice(end);
+  pieces.push(text.slice(at));
+  return pieces.join(REDACTED);
 }
 
 /** Scrubs every string in a parsed value, keys included. */
