@@ -41,9 +41,13 @@ export function planCandidates(config: Config, dialect: Dialect, model: string):
   return candidates;
 }
 
-/** Per endpoint type, the plans made so far; model names are the client's, so they are capped. */
+/**
+ * Per endpoint type, the plans made so far. Model names are the client's, so their number is
+ * capped, and a name longer than any real model's is planned afresh rather than kept.
+ */
 const plans = new WeakMap<Config, Map<Dialect["type"], Map<string, readonly Candidate[]>>>();
 const MAX_PLANS = 1024;
+const MAX_KEPT_NAME = 256;
 
 /**
  * `planCandidates`, made once per config, endpoint and model: a config is never changed once
@@ -62,6 +66,7 @@ export function candidatesFor(
   let plan = byModel.get(model);
   if (plan === undefined) {
     plan = planCandidates(config, dialect, model);
+    if (model.length > MAX_KEPT_NAME) return plan;
     if (byModel.size >= MAX_PLANS) byModel.clear();
     byModel.set(model, plan);
   }

@@ -50,6 +50,19 @@ Deno.test("a reloaded config plans with its own mapping, not the plan cached for
   ]);
 });
 
+Deno.test("a model name longer than any real one is planned, not kept", () => {
+  const config = configWith({});
+  const long = "m".repeat(300);
+  const first = candidatesFor(config, dialects.openai, long);
+  assert.deepEqual(plan(first), [`main:${long}`, `backup:${long}`]);
+  assert.notEqual(candidatesFor(config, dialects.openai, long), first, "planned again");
+  const short = "m".repeat(256);
+  assert.equal(
+    candidatesFor(config, dialects.openai, short),
+    candidatesFor(config, dialects.openai, short),
+  );
+});
+
 Deno.test("plans for any number of client model names stay correct past the cache's cap", () => {
   const config = configWith({});
   const first = candidatesFor(config, dialects.openai, "model-0");
