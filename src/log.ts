@@ -61,6 +61,8 @@ export class QueuedLineWriter implements RecordSink {
   #queue: string[][] = [];
   #queuedChars = 0;
   #dropping = false;
+  /** The writer itself failed (not the target) in the last drain. */
+  #faulted = false;
   #failed: Uint8Array | null = null;
   #buffer = new Uint8Array(0);
   #draining: Promise<void> | null = null;
@@ -105,11 +107,13 @@ export class QueuedLineWriter implements RecordSink {
    */
   #startDrain(): Promise<void> {
     const run = this.#drain().catch((error) => {
-      // A fault of the writer's own, not of the target: what is queued stays queued.
-      this.#report(`Request log writer failed: ${error}`);
+      // A fault of the writer's own, not of the target: what is queued stays queued, and is
+      // tried again as a failed write would be.
+      if (!this.#faulted) this.#report(`Request log writer failed: ${error}`);
+      this.#faulted = true;
     }).finally(() => {
       if (this.#draining === run) this.#draining = null;
-      if (this.#failed !== null) this.#schedule(RETRY_MS);
+      if (this.#failed !== null || this.#faulted) this.#schedule(RETRY_MS);
       // A record queued after the drain found the queue empty, but before it ended, found no
       // timer to set.
       else if (this.#queue.length > 0) this.#schedule(FLUSH_MS);
@@ -118,9 +122,10 @@ export class QueuedLineWriter implements RecordSink {
     return run;
   }
 
-  #report(message: string): void {
+  #report(message: string, recovered = false): void {
     try {
-      this.reports.onError(message);
+      if (recovered) this.reports.onRecover?.(message);
+      else this.reports.onError(message);
     } catch {
       // Whoever listens must not take the writer down with it.
     }
@@ -134,11 +139,9 @@ export class QueuedLineWriter implements RecordSink {
     clearTimeout(this.#scheduled);
     this.#scheduled = undefined;
     if (this.#queue.length > 0 || this.#failed !== null) await this.#startDrain();
-    if (this.#failed !== null) {
-      this.#report(
-        `${this.#failed.length} bytes of the request log could not be written before it closed`,
-      );
-    }
+    let lost = this.#queue.length;
+    for (const byte of this.#failed ?? []) if (byte === LF) lost++;
+    if (lost > 0) this.#report(`${lost} request log records could not be written before it closed`);
   }
 
   async #drain(): Promise<void> {
@@ -158,10 +161,9 @@ export class QueuedLineWriter implements RecordSink {
         this.#failing = true;
         return;
       }
-      if (this.#failing) {
-        this.reports.onRecover?.(`Request log is writable again: ${this.target.name}`);
-      }
+      if (this.#failing) this.#report(`Request log is writable again: ${this.target.name}`, true);
       this.#failing = false;
+      this.#faulted = false;
     }
   }
 
@@ -191,7 +193,7 @@ export class QueuedLineWriter implements RecordSink {
     }
     const lines = this.#queue.splice(0, count);
     for (const parts of lines) this.#queuedChars -= lineChars(parts);
-    if (this.#queue.length === 0) this.#dropping = false;
+    if (this.#queuedChars < MAX_QUEUED_CHARS / 2) this.#dropping = false;
     let at = 0;
     for (const parts of lines) {
       let length = 0;
@@ -246,6 +248,8 @@ class PartialWrite extends Error {
 export class RotatingFile implements LineTarget {
   readonly name: string;
   #size: number | null = null;
+  /** The last write ended inside a line. */
+  #midLine = false;
 
   constructor(
     private readonly dir: string,
@@ -261,7 +265,10 @@ export class RotatingFile implements LineTarget {
       while (written < bytes.length) {
         const rest = bytes.subarray(written);
         const room = this.rotation.maxBytes - size;
-        let cut = rest.length <= room
+        // The rest of a line a failed write began goes into the same file, whatever its size.
+        let cut = this.#midLine
+          ? rest.indexOf(LF) + 1 || rest.length
+          : rest.length <= room
           ? rest.length
           : room > 0
           ? rest.lastIndexOf(LF, room - 1) + 1
@@ -278,9 +285,11 @@ export class RotatingFile implements LineTarget {
         try {
           for (let done = 0; done < cut;) {
             const count = await file.write(rest.subarray(done, cut));
+            if (count === 0) throw new Error("The file took no bytes");
             done += count;
             written += count;
             this.#size = size += count;
+            this.#midLine = rest[done - 1] !== LF;
           }
         } finally {
           file.close();
@@ -317,7 +326,11 @@ const stdoutTarget: LineTarget = {
   async append(bytes) {
     let at = 0;
     try {
-      while (at < bytes.length) at += await Deno.stdout.write(bytes.subarray(at));
+      while (at < bytes.length) {
+        const count = await Deno.stdout.write(bytes.subarray(at));
+        if (count === 0) throw new Error("stdout took no bytes");
+        at += count;
+      }
     } catch (error) {
       throw new PartialWrite(at, { cause: error });
     }

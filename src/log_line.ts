@@ -36,7 +36,7 @@ function cover(text: string, needle: string, covered: Uint8Array | null): Uint8A
 }
 
 /**
- * Replaces every secret in `text`, in both its raw and its JSON-escaped spelling. All matches are
+ * Replaces every secret in `text`, in its raw and its JSON-escaped spellings. All matches are
  * found in the text as it is and each run of matched characters is replaced as one, so a secret
  * that holds or overlaps another is never left partly in clear by the other's replacement.
  */
@@ -44,7 +44,11 @@ function scrub(text: string, secrets: readonly string[]): string {
   let covered: Uint8Array | null = null;
   for (const secret of secrets) {
     covered = cover(text, secret, covered);
-    if (hasEscapes(secret)) covered = cover(text, JSON.stringify(secret).slice(1, -1), covered);
+    if (!hasEscapes(secret)) continue;
+    // Escaped once for a secret in a body, twice for one quoted as JSON inside a text body.
+    const escaped = JSON.stringify(secret).slice(1, -1);
+    covered = cover(text, escaped, covered);
+    covered = cover(text, JSON.stringify(escaped).slice(1, -1), covered);
   }
   if (covered === null) return text;
   const pieces: string[] = [];

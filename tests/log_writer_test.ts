@@ -618,6 +618,70 @@ Deno.test("record sink holds a bounded queue while the log cannot be written: th
   assert.equal(errors.filter((message) => /queue is full/.test(message)).length, 1);
 });
 
+Deno.test("RotatingFile finishes a line a failed write began in the same file, even past max_bytes", async () => {
+  const dir = await Deno.makeTempDir();
+  const file = new RotatingFile(dir, { maxBytes: 16, maxFiles: 3 });
+  const line = encoder.encode(`{"a":"${"x".repeat(30)}"}\n`);
+  // The disk fills after the first 10 bytes of the line.
+  const open = Deno.open;
+  Deno.open = async (...args: Parameters<typeof Deno.open>) => {
+    const real = await open(...args);
+    Deno.open = open;
+    let writes = 0;
+    return {
+      write: (bytes: Uint8Array) =>
+        writes++ === 0
+          ? real.write(bytes.subarray(0, 10))
+          : Promise.reject(new Error("no space left on device")),
+      close: () => real.close(),
+    } as unknown as Deno.FsFile;
+  };
+  let written = 0;
+  try {
+    await file.append(line);
+  } catch (error) {
+    written = (error as { written: number }).written;
+  } finally {
+    Deno.open = open;
+  }
+  assert.equal(written, 10);
+  file.reset();
+  await file.append(line.subarray(written));
+  await file.append(encoder.encode('{"b":1}\n'));
+  const files = await readLogFiles(dir);
+  await Deno.remove(dir, { recursive: true });
+  const all = [...files.values()].flat();
+  assert.deepEqual(all.map((text) => JSON.parse(text)).map(Object.keys), [["a"], ["b"]]);
+});
+
+Deno.test("record sink's close() tells how many records it could not write, the queued ones too", async () => {
+  const target: LineTarget = {
+    name: "broken",
+    append: () => Promise.reject(new Error("disk full")),
+    reset() {},
+  };
+  const errors: string[] = [];
+  const sink = new QueuedLineWriter(target, { maxBodyBytes: 0, secrets: [] }, {
+    onError: (message) => errors.push(message),
+  });
+  sink.write(makeRecord("a"));
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  for (const id of ["b", "c", "d"]) sink.write(makeRecord(id));
+  await sink.close();
+  assert.equal(errors.at(-1), "4 request log records could not be written before it closed");
+});
+
+Deno.test("serializeRecord redacts a secret quoted as JSON inside a text body", () => {
+  const secret = 'sk-a"bcdef';
+  const text = 'data: {"error":"bad key sk-a\\"bcdef"}';
+  assert.ok(text.includes(JSON.stringify(secret).slice(1, -1)), "the text holds it escaped once");
+  const line = serializeRecord(makeRecord("r", { response: text }), {
+    maxBodyBytes: 0,
+    secrets: [secret],
+  });
+  assert.equal(JSON.parse(line).response, 'data: {"error":"bad key [REDACTED]"}');
+});
+
 Deno.test("serializeRecord leaves nothing of a secret that holds or overlaps another", () => {
   const cases: [secrets: string[], text: string, logged: string][] = [
     [["sk-live-abc", "sk-live-abcdefghij"], "key sk-live-abcdefghij!", "key [REDACTED]!"],
@@ -805,7 +869,7 @@ Deno.test("record sink stops retrying once closed with an unwritable log path", 
   assert.equal(errors.length, 2, errors.join("\n"));
   assert.match(errors[0], /Cannot write request log/);
   // What close() could not write is said, not dropped in silence.
-  assert.match(errors[1], /^\d+ bytes of the request log could not be written before it closed$/);
+  assert.match(errors[1], /^1 request log records could not be written before it closed$/);
   // Fix the path after close: a sink that still has a retry timer would now write.
   await Deno.remove(dir);
   await new Promise((resolve) => setTimeout(resolve, RETRY_WAIT_MS));
