@@ -554,29 +554,33 @@ Deno.test("record sink survives a fault of its own in a drain: reported, nothing
   assert.deepEqual(ids, ["r1"]);
 });
 
-Deno.test("record sink writes a backlog in batches of bounded size once the log is writable again", async () => {
-  const sizes: number[] = [];
-  const ids: string[] = [];
+/** A target that fails until `recover()`, then keeps each batch's size and its records' ids. */
+function fullDisk() {
   const decoder = new TextDecoder();
-  let failing = true;
+  const written = { sizes: [] as number[], ids: [] as string[], failing: true };
   const target: LineTarget = {
-    name: "recovering",
+    name: "full disk",
     append(bytes) {
-      if (failing) return Promise.reject(new Error("disk full"));
-      sizes.push(bytes.length);
+      if (written.failing) return Promise.reject(new Error("no space left on device"));
+      written.sizes.push(bytes.length);
       for (const line of decoder.decode(bytes).split("\n")) {
-        if (line !== "") ids.push(JSON.parse(line).request_id);
+        if (line !== "") written.ids.push(JSON.parse(line).request_id);
       }
       return Promise.resolve();
     },
     reset() {},
   };
+  return { target, written, recover: () => void (written.failing = false) };
+}
+
+Deno.test("record sink writes a backlog in batches of bounded size once the log is writable again", async () => {
+  const { target, written: { sizes, ids }, recover } = fullDisk();
   const sink = new QueuedLineWriter(target, { maxBodyBytes: 0, secrets: [] }, { onError() {} });
   const body = { text: "x".repeat(1024 * 1024) };
   sink.write(makeRecord("r0", { response: body }));
   await new Promise((resolve) => setTimeout(resolve, 50));
   for (let i = 1; i < 40; i++) sink.write(makeRecord(`r${i}`, { response: body }));
-  failing = false;
+  recover();
   await sink.close();
   assert.deepEqual(ids, Array.from({ length: 40 }, (_, i) => `r${i}`), "every record, in order");
   assert.ok(sizes.length >= 3, `a 40 MB backlog in several batches, got ${sizes.length}`);
@@ -584,20 +588,7 @@ Deno.test("record sink writes a backlog in batches of bounded size once the log 
 });
 
 Deno.test("record sink holds a bounded queue while the log cannot be written: the oldest records go, counted and reported once", async () => {
-  const ids: string[] = [];
-  const decoder = new TextDecoder();
-  let failing = true;
-  const target: LineTarget = {
-    name: "full disk",
-    append(bytes) {
-      if (failing) return Promise.reject(new Error("no space left on device"));
-      for (const line of decoder.decode(bytes).split("\n")) {
-        if (line !== "") ids.push(JSON.parse(line).request_id);
-      }
-      return Promise.resolve();
-    },
-    reset() {},
-  };
+  const { target, written: { ids }, recover } = fullDisk();
   const errors: string[] = [];
   const sink = new QueuedLineWriter(target, { maxBodyBytes: 0, secrets: [] }, {
     onError: (message) => errors.push(message),
@@ -607,7 +598,7 @@ Deno.test("record sink holds a bounded queue while the log cannot be written: th
   sink.write(makeRecord("r0", { response: body }));
   await new Promise((resolve) => setTimeout(resolve, 50));
   for (let i = 1; i < 20; i++) sink.write(makeRecord(`r${i}`, { response: body }));
-  failing = false;
+  recover();
   await sink.close();
   assert.ok(sink.droppedRecords > 0, "some records were let go");
   assert.equal(ids.length + sink.droppedRecords, 20, "each record written or counted");
