@@ -302,7 +302,26 @@ export class RotatingFile implements LineTarget {
 
   async #open(): Promise<number> {
     await Deno.mkdir(this.dir, { recursive: true });
-    return this.#size = await Deno.stat(this.name).then((info) => info.size, () => 0);
+    let size = await Deno.stat(this.name).then((info) => info.size, () => 0);
+    // A line an earlier run left unfinished (it stopped mid-write) is ended first, so the next
+    // line starts on its own rather than glued to it.
+    if (size > 0 && !this.#midLine && !(await this.#endsWithNewline(size))) {
+      await Deno.writeFile(this.name, new Uint8Array([LF]), { append: true });
+      size++;
+    }
+    return this.#size = size;
+  }
+
+  async #endsWithNewline(size: number): Promise<boolean> {
+    try {
+      using file = await Deno.open(this.name, { read: true });
+      await file.seek(size - 1, Deno.SeekMode.Start);
+      const last = new Uint8Array(1);
+      return await file.read(last) !== 1 || last[0] === LF;
+    } catch {
+      // Not readable: nothing is changed.
+      return true;
+    }
   }
 
   reset(): void {

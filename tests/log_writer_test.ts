@@ -609,6 +609,17 @@ Deno.test("record sink holds a bounded queue while the log cannot be written: th
   assert.equal(errors.filter((message) => /queue is full/.test(message)).length, 1);
 });
 
+Deno.test("RotatingFile ends a line an earlier run left unfinished before it writes its own", async () => {
+  const dir = await Deno.makeTempDir();
+  await Deno.writeTextFile(`${dir}/requests.jsonl`, '{"a":1}\n{"cut":"mid-wr');
+  const file = new RotatingFile(dir, { maxBytes: 1024, maxFiles: 1 });
+  await file.append(encoder.encode('{"b":2}\n'));
+  await file.append(encoder.encode('{"c":3}\n'));
+  const text = await Deno.readTextFile(`${dir}/requests.jsonl`);
+  await Deno.remove(dir, { recursive: true });
+  assert.equal(text, '{"a":1}\n{"cut":"mid-wr\n{"b":2}\n{"c":3}\n');
+});
+
 Deno.test("RotatingFile finishes a line a failed write began in the same file, even past max_bytes", async () => {
   const dir = await Deno.makeTempDir();
   const file = new RotatingFile(dir, { maxBytes: 16, maxFiles: 3 });
