@@ -182,8 +182,7 @@ export class QueuedLineWriter implements RecordSink {
     let count = 0;
     for (const parts of this.#queue) {
       if (count > 0 && bound > BATCH_BYTES) break;
-      for (const part of parts) bound += part.length * 3;
-      bound++;
+      bound += lineChars(parts) * 3 + 1;
       count++;
     }
     let buffer = this.#buffer;
@@ -196,9 +195,7 @@ export class QueuedLineWriter implements RecordSink {
     if (this.#queuedChars < MAX_QUEUED_CHARS / 2) this.#dropping = false;
     let at = 0;
     for (const parts of lines) {
-      let length = 0;
-      for (const part of parts) length += part.length;
-      if (length <= JOIN_LINE_CHARS) {
+      if (lineChars(parts) <= JOIN_LINE_CHARS) {
         at += encoder.encodeInto(parts.join(""), buffer.subarray(at)).written;
       } else {
         for (const part of parts) at += encoder.encodeInto(part, buffer.subarray(at)).written;
