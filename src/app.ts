@@ -9,7 +9,15 @@ import { readClientBody, SHUTTING_DOWN } from "./intake.ts";
 import type { RecordSink } from "./log.ts";
 import { PAGES } from "./pages.ts";
 import { type Dialect, dialects } from "./providers/mod.ts";
-import { API_ROUTES, type ApiRoute, dialectForPath, listModels, MODEL_LISTS } from "./routes.ts";
+import {
+  API_ROUTES,
+  type ApiRoute,
+  describeModel,
+  dialectForPath,
+  listModels,
+  MODEL_LISTS,
+  modelPath,
+} from "./routes.ts";
 import { Trace } from "./record.ts";
 import { InFlight } from "./upstream.ts";
 import { clientGone, reject } from "./respond.ts";
@@ -169,7 +177,18 @@ export function createHandler(
     return response;
   }
 
-  function serveModelList(request: Request, url: URL, dialect: Dialect, current: Config) {
+  /** The model list, or with `name` one model of it. */
+  function serveModels(
+    request: Request,
+    url: URL,
+    current: Config,
+    models: { dialect: Dialect; name?: string },
+  ): Response {
+    const { dialect, name } = models;
+    if (request.method === "OPTIONS") {
+      const allowed = preflight(current.cors.origins, request, "GET, HEAD");
+      if (allowed !== null) return allowed;
+    }
     if (request.method !== "GET" && request.method !== "HEAD") {
       const message = `Method ${request.method} is not allowed on ${url.pathname}`;
       const body = dialect.errorBody(405, message, "method_not_allowed");
@@ -181,7 +200,9 @@ export function createHandler(
         status: 401,
       });
     }
-    return listModels(current, dialect);
+    return name === undefined
+      ? listModels(current, dialect)
+      : describeModel(current, dialect, name);
   }
 
   function servePage(request: Request, url: URL, current: Config): Response {
@@ -214,7 +235,9 @@ export function createHandler(
       return allowed ?? await serveApi(request, url, route, current);
     }
     const listed = MODEL_LISTS[url.pathname];
-    if (listed !== undefined) return serveModelList(request, url, listed, current);
+    if (listed !== undefined) return serveModels(request, url, current, { dialect: listed });
+    const model = modelPath(url.pathname);
+    if (model !== undefined) return serveModels(request, url, current, model);
     const dialect = dialectForPath(url.pathname);
     if (dialect !== undefined) {
       const message = `No route for ${request.method} ${url.pathname}`;

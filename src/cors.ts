@@ -1,5 +1,19 @@
-/** The router's own headers that a browser client may read. */
-const EXPOSED = "x-request-id, x-llm-router-provider, x-llm-router-attempts";
+/**
+ * The headers a page may read: all of them (the router never allows credentials, so `*` is a
+ * wildcard), and by name, for browsers that do not take `*`, the request ids the SDKs report and
+ * the retry hints they follow.
+ */
+const EXPOSED = [
+  "*",
+  "x-request-id",
+  "request-id",
+  "retry-after",
+  "retry-after-ms",
+  "x-should-retry",
+  "x-llm-router-provider",
+  "x-llm-router-attempts",
+  "x-llm-router-upstream-request-id",
+].join(", ");
 
 /**
  * Cross-origin access, off unless `cors.origins` lists origins (or `*`). Returns the headers to

@@ -136,7 +136,7 @@ function isJsonType(contentType: string | null): boolean {
 /**
  * Reads and checks a client's body: size, time (the first-byte timeout, the time a provider
  * would get to start its answer), JSON, an object with a string `model` and, if
- * present, a boolean `stream`. A missing or non-JSON content type is accepted when the body
+ * present, a boolean (or null) `stream`. A missing or non-JSON content type is accepted when the body
  * parses; otherwise it is what the client got wrong (415).
  */
 export async function readClientBody(
@@ -173,8 +173,10 @@ export async function readClientBody(
     const message = 'Request body needs a string "model" field';
     return { status: 400, message, code: "invalid_model", logged };
   }
-  if (fields.stream !== undefined && typeof fields.stream !== "boolean") {
-    return { status: 400, message: '"stream" must be a boolean', code: "invalid_stream", logged };
+  // The OpenAI API takes null for "not streaming", and its SDKs' types allow it.
+  if (fields.stream != null && typeof fields.stream !== "boolean") {
+    const message = '"stream" must be a boolean';
+    return { status: 400, message, code: "invalid_stream", logged };
   }
   return { bytes, fields, logged };
 }

@@ -31,9 +31,10 @@ export function reject(
   trace.record.response = body;
   trace.markFirstByte();
   trace.finish();
+  const id = trace.record.request_id;
   return Response.json(body, {
     status,
-    headers: { ...headers, "x-request-id": trace.record.request_id },
+    headers: { ...headers, "x-request-id": id, [dialect.requestIdHeader]: id },
   });
 }
 

@@ -118,7 +118,7 @@ Deno.test("an unknown path answers 404 JSON", async () => {
       ["POST", "/v1/chat/completions", "openai"],
       ["POST", "/openai/completions", "openai"],
       ["POST", "/anthropic/v1/complete", "anthropic"],
-      ["POST", "/anthropic/messages", "anthropic"],
+      ["POST", "/anthropic/v1/message", "anthropic"],
     ];
     for (const [method, path, api] of cases) {
       const res = await fetch(router.url + path, {

@@ -323,11 +323,34 @@ for (const api of APIS) {
         const records = await router.sink.waitFor(i + 1);
         assert.equal(records[i].status, 400);
         assert.equal(records[i].error?.type, code);
+        // The id each API's SDK reports with an error is the record's.
+        for (const name of ["x-request-id", REQUEST_ID_HEADER[api]]) {
+          assert.equal(response.headers.get(name), records[i].request_id, name);
+        }
       }
       assert.equal(a.requests.length, 0);
     });
   });
+
+  Deno.test(`${api}: "stream": null is taken as not streaming, as the API takes it`, async () => {
+    await withMocks(api, [defaultReply], {}, async ({ router, mocks: [a] }) => {
+      const body = JSON.parse(requestText(api));
+      const response = await fetch(router.url + ROUTE[api], {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ ...body, stream: null }),
+      });
+      assert.equal(response.status, 200);
+      assert.match(response.headers.get("content-type") ?? "", /application\/json/);
+      await response.body?.cancel();
+      const [record] = await router.sink.waitFor(1);
+      assert.equal(record.stream, false);
+      assert.equal(JSON.parse(new TextDecoder().decode(a.requests[0].body)).stream, null);
+    });
+  });
 }
+
+const REQUEST_ID_HEADER: Record<Api, string> = { openai: "x-request-id", anthropic: "request-id" };
 
 for (const api of APIS) {
   Deno.test(`${api}: a wrong method gets 405 with Allow and a wrong path 404 JSON, both logged`, async () => {

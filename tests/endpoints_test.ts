@@ -517,6 +517,84 @@ Deno.test("models.list (Anthropic) gives the mapping's names an Anthropic provid
   );
 });
 
+Deno.test("models.retrieve answers a name the router routes, and 404 in the API's format for one it does not", async () => {
+  await withRouter(
+    [defaultReply, defaultReply],
+    ([oa, an]) => {
+      const config = listConfig(oa.url, an.url) as { model_mapping: Record<string, unknown> };
+      config.model_mapping["team/fast"] = ["gpt-4o"];
+      return config;
+    },
+    async (router, mocks) => {
+      for (const base of ["/openai", "/openai/v1"]) {
+        const client = openaiClient(router, base);
+        // Mapped, slashed (the SDK encodes the slash), and served as it is by a provider's list.
+        for (const name of ["chat", "team/fast", "gpt-4o"]) {
+          const model = await client.models.retrieve(name);
+          assert.deepEqual([model.id, model.object], [name, "model"], `${base} ${name}`);
+        }
+        for (const name of ["sonnet", "orphan", "nothing-like-it"]) {
+          await assert.rejects(client.models.retrieve(name), (error: unknown) => {
+            assert.ok(error instanceof OpenAI.NotFoundError, String(error));
+            assert.equal((error.error as Json).code, "model_not_found");
+            assert.match(error.message, new RegExp(name));
+            return true;
+          });
+        }
+      }
+      const client = anthropicClient(router);
+      const sonnet = await client.models.retrieve("pinned");
+      assert.deepEqual([sonnet.id, sonnet.type, sonnet.display_name], [
+        "pinned",
+        "model",
+        "pinned",
+      ]);
+      await assert.rejects(client.models.retrieve("chat"), Anthropic.NotFoundError);
+      const raw: Json = await (await fetch(`${router.url}/openai/v1/models/team/fast`)).json();
+      assert.equal(raw.id, "team/fast", "a raw slash is part of the name too");
+      assert.deepEqual(mocks.map((m) => m.requests.length), [0, 0], "answered by the router");
+    },
+  );
+});
+
+Deno.test("the Anthropic routes answer without /v1 too, as clients whose base URL holds it call", async () => {
+  await withRouter(
+    [defaultReply, defaultReply],
+    ([oa, an]) => listConfig(oa.url, an.url),
+    async (router, [, an]) => {
+      const post = (path: string, body: object) =>
+        fetch(`${router.url}/anthropic${path}`, {
+          method: "POST",
+          headers: { "content-type": "application/json", "x-api-key": CLIENT_KEY },
+          body: JSON.stringify(body),
+        });
+      const messages = [{ role: "user", content: "Hi" }];
+      const message: Json = await (await post("/messages", {
+        model: "sonnet",
+        max_tokens: 8,
+        messages,
+      })).json();
+      assert.equal(message.type, "message");
+      const counted: Json = await (await post("/messages/count_tokens", {
+        model: "sonnet",
+        messages,
+      })).json();
+      assert.equal(typeof counted.input_tokens, "number");
+      assert.deepEqual(an.requests.map((r) => r.path), [
+        "/v1/messages",
+        "/v1/messages/count_tokens",
+      ]);
+      const list: Json = await (await fetch(`${router.url}/anthropic/models`)).json();
+      assert.deepEqual(list.data.map((m: Json) => m.id), ["sonnet", "both", "pinned"]);
+      const records = await router.sink.waitFor(2);
+      assert.deepEqual(records.map((r) => [r.path, r.endpoint, r.status]), [
+        ["/anthropic/messages", "anthropic", 200],
+        ["/anthropic/messages/count_tokens", "anthropic", 200],
+      ]);
+    },
+  );
+});
+
 Deno.test("POST on a model list answers 405 with Allow in the API's error format", async () => {
   await withRouter(
     [defaultReply, defaultReply],

@@ -642,6 +642,67 @@ Deno.test("with cors.origins a preflight from a listed Origin gets 204 with the 
   );
 });
 
+Deno.test("with cors.origins a preflight for a model list or one model gets 204 allowing GET, and the GET is readable", async () => {
+  await withRouter(
+    { auth: { api_keys: API_KEYS }, cors: { origins: [ALLOWED_ORIGIN] } },
+    async ({ router, mock }) => {
+      for (const path of ["/openai/v1/models", "/openai/models/gpt-sec", "/anthropic/v1/models"]) {
+        const preflight = await fetch(router.url + path, {
+          method: "OPTIONS",
+          headers: {
+            origin: ALLOWED_ORIGIN,
+            "access-control-request-method": "GET",
+            "access-control-request-headers": "authorization, x-stainless-os",
+          },
+        });
+        assert.equal(preflight.status, 204, path);
+        assert.equal(preflight.headers.get("access-control-allow-origin"), ALLOWED_ORIGIN);
+        assert.equal(preflight.headers.get("access-control-allow-methods"), "GET, HEAD");
+        await preflight.body?.cancel();
+        const listed = await fetch(router.url + path, {
+          headers: { ...bearer(TEAM_KEY), origin: ALLOWED_ORIGIN },
+        });
+        assert.equal(listed.status, 200, path);
+        assert.equal(listed.headers.get("access-control-allow-origin"), ALLOWED_ORIGIN);
+        await listed.body?.cancel();
+      }
+      assert.equal(mock.requests.length, 0);
+    },
+  );
+});
+
+Deno.test("with cors.origins a page may read the request ids and retry hints the SDKs use", async () => {
+  const script: MockScript = (req) => {
+    const reply = failureReply(req.path, 429);
+    const headers = { ...reply.headers, "retry-after": "7", "request-id": "req_provider_1" };
+    return { ...reply, headers };
+  };
+  await withRouter(
+    {
+      auth: { api_keys: API_KEYS },
+      cors: { origins: [ALLOWED_ORIGIN] },
+      // A Retry-After past the request's time: the 429 goes out at once.
+      timeouts: { total_ms: 5_000 },
+    },
+    async ({ router }) => {
+      for (const api of APIS) {
+        const limited = await post(router, api, { ...bearer(TEAM_KEY), origin: ALLOWED_ORIGIN });
+        assert.equal(limited.status, 429);
+        assert.equal(limited.headers.get("retry-after"), "7");
+        const exposed = (limited.headers.get("access-control-expose-headers") ?? "")
+          .split(/,\s*/);
+        for (const name of ["retry-after", "request-id", "x-request-id", "x-should-retry"]) {
+          assert.ok(exposed.includes(name), `${name} not in ${exposed}`);
+        }
+        // Requests without credentials, the SDKs' kind, may read every header.
+        assert.ok(exposed.includes("*"));
+        await limited.body?.cancel();
+      }
+    },
+    script,
+  );
+});
+
 Deno.test("without cors config the router sets no CORS header and answers OPTIONS with 405", async () => {
   await withRouter({ auth: { api_keys: API_KEYS } }, async ({ router, mock }) => {
     for (const api of APIS) {

@@ -146,6 +146,7 @@ const ERROR_TYPES: Record<number, string> = {
 /** Anthropic's Messages API: `x-api-key` auth, versioned by header, named stream events. */
 export const anthropic: Dialect = {
   type: "anthropic",
+  requestIdHeader: "request-id",
   prepareHeaders(headers, apiKey) {
     if (apiKey !== undefined) headers["x-api-key"] = apiKey;
     headers["anthropic-version"] ??= "2023-06-01";
@@ -169,13 +170,14 @@ export const anthropic: Dialect = {
       cache_write: count(usage.cache_creation_input_tokens),
     };
   },
+  modelEntry: (id) => ({
+    type: "model",
+    id,
+    display_name: id,
+    created_at: "1970-01-01T00:00:00Z",
+  }),
   modelList(names) {
-    const data = names.map((id) => ({
-      type: "model",
-      id,
-      display_name: id,
-      created_at: "1970-01-01T00:00:00Z",
-    }));
+    const data = names.map(anthropic.modelEntry);
     return { data, has_more: false, first_id: names[0] ?? null, last_id: names.at(-1) ?? null };
   },
   newAssembler: (textLimit) => new MessageStreamAssembler(textLimit),

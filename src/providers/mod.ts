@@ -30,6 +30,8 @@ export interface StreamAssembler {
 /** Everything the rest of the router needs to know about one API; nothing else asks the type. */
 export interface Dialect {
   readonly type: ApiType;
+  /** The header this API's clients read a request's id from, for the router's own answers. */
+  readonly requestIdHeader: string;
   /** Sets what a forwarded request needs: the provider's key (never the client's), defaults. */
   prepareHeaders(headers: Record<string, string>, apiKey: string | undefined): void;
   /** The router's own error body for `status`, in the format this API's clients parse. */
@@ -42,6 +44,8 @@ export interface Dialect {
   usageInjection?(config: Config, fields: JsonObject): UsageInjection | null;
   /** The client-facing model names, in this API's own model-list format. */
   modelList(names: readonly string[]): JsonObject;
+  /** One client-facing model name, as this API answers a request for a single model. */
+  modelEntry(name: string): JsonObject;
   /** The usage object's counts in the router's own vocabulary, for statistics. */
   tokens(usage: JsonObject): TokenCounts;
   /** A fresh reassembly for one stream, keeping at most `textLimit` characters of text. */

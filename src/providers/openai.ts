@@ -155,6 +155,7 @@ function choiceOf(state: ChoiceState): Choice {
 /** OpenAI's chat completions API: bearer auth, `{"error": {...}}` bodies, `data:`-only streams. */
 export const openai: Dialect = {
   type: "openai",
+  requestIdHeader: "x-request-id",
   prepareHeaders(headers, apiKey) {
     if (apiKey !== undefined) headers.authorization = `Bearer ${apiKey}`;
   },
@@ -180,11 +181,9 @@ export const openai: Dialect = {
     };
   },
   usageInjection: openaiUsageInjection,
+  modelEntry: (id) => ({ id, object: "model", created: 0, owned_by: "llm-api-router" }),
   modelList(names) {
-    return {
-      object: "list",
-      data: names.map((id) => ({ id, object: "model", created: 0, owned_by: "llm-api-router" })),
-    };
+    return { object: "list", data: names.map(openai.modelEntry) };
   },
   newAssembler: (textLimit) => new ChatStreamAssembler(textLimit),
 };
