@@ -131,6 +131,9 @@ export async function forward(
     if (deps.now() >= deadline) break;
     let candidate = queue.shift();
     if (candidate === undefined) {
+      // A client on a retry of its own waits by itself, for the Retry-After it is passed: a
+      // wait here too would double each of its waits and its calls on a limited provider.
+      if (retryingClient(request.headers)) break;
       candidate = await waitForRecovery(recovering, waited, deadline, request, deps);
       if (candidate === undefined) break;
     }
@@ -177,6 +180,11 @@ export async function forward(
     );
   }
   return allFailed(request);
+}
+
+/** The official SDKs number their own retries; on the first try the count is 0. */
+function retryingClient(headers: Headers): boolean {
+  return Number(headers.get("x-stainless-retry-count")) > 0;
 }
 
 /**

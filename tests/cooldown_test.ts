@@ -5,6 +5,7 @@
  * provider, attempts and record.
  */
 import assert from "node:assert/strict";
+import OpenAI from "openai";
 import type { RequestRecord } from "../src/record.ts";
 import { closedPort, failureReply, type MockReply } from "../tools/mock_upstream.ts";
 import type { RunningRouter } from "./harness.ts";
@@ -12,6 +13,7 @@ import {
   answerText,
   type Api,
   attemptsOf,
+  MODEL,
   onlyRecord,
   post,
   sleep,
@@ -426,6 +428,30 @@ Deno.test("deadline-aware waiting: a Retry-After beyond total_ms passes the 429 
       assert.equal(record.status, 429);
       assert.equal(record.error?.type, "http_status");
       assert.equal(a.requests.length, 1);
+    },
+  );
+});
+
+Deno.test("deadline-aware waiting: an SDK on a retry of its own gets the 429 at once and waits by itself", async () => {
+  await withMocks(
+    "openai",
+    [() => failing("openai", 429, { "retry-after-ms": "150" })],
+    {},
+    async ({ router, mocks: [a] }) => {
+      const client = new OpenAI({ apiKey: "k", baseURL: `${router.url}/openai`, maxRetries: 2 });
+      const create = client.chat.completions.create({
+        model: MODEL.openai,
+        messages: [{ role: "user", content: "Hi" }],
+      });
+      await assert.rejects(create, (error: unknown) => {
+        assert.ok(error instanceof OpenAI.RateLimitError, String(error));
+        return true;
+      });
+      // The first try is waited out once by the router; the SDK's two retries are not.
+      const counts = a.requests.map((r) => r.headers.get("x-stainless-retry-count"));
+      assert.deepEqual(counts, ["0", "0", "1", "2"]);
+      const records = await router.sink.waitFor(3);
+      assert.deepEqual(records.map((r) => r.attempts.length), [2, 1, 1]);
     },
   );
 });
