@@ -17,9 +17,16 @@ export function tryParseJson(text: string): unknown {
   }
 }
 
-/** A count from a usage object, 0 when absent or not a number. */
+/** Far above any real token count, and far enough below 2^53 that sums of it stay exact. */
+const MAX_COUNT = 2 ** 40;
+
+/**
+ * A count from a usage object: 0 when absent, not a number, negative, or so large that adding it
+ * up would leave the integers a counter can hold. A provider's odd number must not make a
+ * Prometheus counter fall or read `Infinity`.
+ */
 export function count(value: unknown): number {
-  return typeof value === "number" && Number.isFinite(value) ? value : 0;
+  return typeof value === "number" && value >= 0 && value <= MAX_COUNT ? value : 0;
 }
 
 /** The compact text a parsed body came from, so the log can write it without serializing again. */

@@ -899,3 +899,42 @@ Deno.test("/stats and /metrics report the request log's write errors and dropped
   assert.match(metrics, /^llm_router_log_write_errors_total 2$/m);
   assert.match(metrics, /^llm_router_log_dropped_records_total 5$/m);
 });
+
+Deno.test("usage numbers a provider makes up (negative, huge) count as 0, so counters never fall or overflow", async () => {
+  const usages = [
+    { prompt_tokens: -1000, completion_tokens: 3, total_tokens: -997 },
+    { prompt_tokens: 1e308, completion_tokens: 3, total_tokens: 1e308 },
+    { prompt_tokens: 1e308, completion_tokens: 3, total_tokens: 1e308 },
+    { prompt_tokens: 5, completion_tokens: 3, total_tokens: 8 },
+  ];
+  let n = 0;
+  const mock = startMockUpstream(() => ({
+    body: { ...openaiCompletion("gpt-4o"), usage: usages[n++] },
+  }));
+  const router = startRouter({ providers: [provider("oa", "openai", mock.url)] });
+  try {
+    for (const _ of usages) {
+      const response = await fetch(`${router.url}/openai/chat/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ model: "gpt-4o", messages: [{ role: "user", content: "Hi" }] }),
+      });
+      await response.body?.cancel();
+    }
+    const records = await router.sink.waitFor(usages.length);
+    assert.deepEqual(records.map((r) => r.usage), usages, "the log keeps what the provider sent");
+    const stats: Json = await (await fetch(`${router.url}/stats`)).json();
+    assert.deepEqual(
+      [stats.providers.oa.tokens.input, stats.providers.oa.tokens.output],
+      [5, 12],
+    );
+    const metrics = await (await fetch(`${router.url}/metrics`)).text();
+    const input = metrics.split("\n").find((line) =>
+      line.startsWith("llm_router_tokens_total{") && line.includes('kind="input"')
+    );
+    assert.equal(input?.split(" ").at(-1), "5", input);
+  } finally {
+    await router.close();
+    await mock.close();
+  }
+});
