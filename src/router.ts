@@ -328,7 +328,10 @@ async function attempt(
         );}
     },
   };
-  const isSse = (upstream.headers.get("content-type") ?? "").includes("text/event-stream");
+  // Only a success is a stream; an error labelled as one is a body like any other. Media types
+  // are case-insensitive.
+  const isSse = upstream.status < 300 &&
+    (upstream.headers.get("content-type") ?? "").toLowerCase().includes("text/event-stream");
   if (upstream.body === null) {
     signal.commit();
     return commitResponse(context, upstream, null);

@@ -74,6 +74,75 @@ for (const api of APIS) {
   });
 }
 
+for (const api of APIS) {
+  Deno.test(`${api}: a 400 labelled text/event-stream is a plain answer: passed on unchanged, no fallback`, async () => {
+    const error = api === "openai"
+      ? '{"error":{"message":"max_tokens is too large","type":"invalid_request_error"}}'
+      : '{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens is too large"}}';
+    await withMocks(
+      api,
+      [
+        () => ({ status: 400, headers: { "content-type": "text/event-stream" }, body: error }),
+        defaultReply,
+      ],
+      {},
+      async ({ router, mocks: [, b] }) => {
+        const response = await within(post(router.url, api, { stream: true }), "the response");
+        assert.equal(response.status, 400);
+        assert.equal(await response.text(), error);
+        const record = await onlyRecord(router);
+        assert.deepEqual(attemptsOf(record), [["a", 400, "http_status"]]);
+        assert.equal(b.requests.length, 0);
+      },
+    );
+  });
+
+  Deno.test(`${api}: a media type is case-insensitive: Text/Event-Stream is read as a stream`, async () => {
+    const chunks = streamChunks(api, 3);
+    await withMocks(
+      api,
+      [() => ({ headers: { "content-type": "Text/Event-Stream; charset=utf-8" }, chunks })],
+      {},
+      async ({ router }) => {
+        const response = await within(post(router.url, api, { stream: true }), "the response");
+        assert.equal(await response.text(), chunks.join(""));
+        const record = await onlyRecord(router);
+        assert.equal(record.error, null);
+        assert.equal(record.stream_complete, true);
+        assert.equal(record.stream_events, chunks.length);
+      },
+    );
+  });
+}
+
+Deno.test('openai: a chunk with "error": null is output, not an error event', async () => {
+  const chunks = streamChunks("openai", 3).map((chunk) =>
+    chunk.startsWith('data: {"') ? chunk.replace('data: {"', 'data: {"error":null,"') : chunk
+  );
+  assert.ok(chunks.some((chunk) => chunk.includes('"error":null')));
+  await withMocks("openai", [() => sse(chunks), defaultReply], {}, async ({ router }) => {
+    const response = await within(post(router.url, "openai", { stream: true }), "the response");
+    assert.equal(response.headers.get("x-llm-router-provider"), "a");
+    assert.equal(await response.text(), chunks.join(""));
+    const record = await onlyRecord(router);
+    assert.equal(record.error, null);
+    assert.deepEqual(attemptsOf(record), [["a", 200, null]]);
+  });
+});
+
+Deno.test("openai: an `event: error` after output is the provider's error event, passed on as sent", async () => {
+  const chunks = [
+    ...streamChunks("openai", 3).slice(0, 2),
+    'event: error\ndata: {"message":"overloaded"}\n\n',
+  ];
+  await withMocks("openai", [() => sse(chunks)], {}, async ({ router }) => {
+    const response = await within(post(router.url, "openai", { stream: true }), "the response");
+    assert.equal(await response.text(), chunks.join(""), "no error event of the router's added");
+    const record = await onlyRecord(router);
+    assert.equal(record.error?.type, "error_event");
+  });
+});
+
 const BROKEN_EVENT: Record<Api, string> = {
   openai: 'data: {"choices":[{"index":0,"delta":{"content":"cut\n\n',
   anthropic: 'event: content_block_delta\ndata: {"type":"content_block_delta","ind\n\n',

@@ -60,6 +60,8 @@ class ChatStreamAssembler implements StreamAssembler {
   }
 
   add(event: EventSourceMessage): EventRole {
+    // As the official clients read a stream: an `error` event, or a chunk with a non-null `error`.
+    if (event.event === "error") return "error";
     if (event.data === "[DONE]") {
       this.complete = true;
       return "output";
@@ -69,7 +71,7 @@ class ChatStreamAssembler implements StreamAssembler {
       this.malformed++;
       return "hold";
     }
-    if (chunk.error !== undefined) return "error";
+    if (chunk.error !== undefined && chunk.error !== null) return "error";
     // Azure's first chunk can be a content-filter note with an empty id and model.
     if (this.#head === null || (!this.#head.id && chunk.id)) this.#head = chunk;
     const usage = asObject(chunk.usage);
