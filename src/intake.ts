@@ -135,9 +135,9 @@ function isJsonType(contentType: string | null): boolean {
 
 /**
  * Reads and checks a client's body: size, time (the first-byte timeout, the time a provider
- * would get to start its answer), JSON, an object with a string `model` and, if
- * present, a boolean (or null) `stream`. A missing or non-JSON content type is accepted when the body
- * parses; otherwise it is what the client got wrong (415).
+ * would get to start its answer), JSON, an object with a string `model` and, if present, a
+ * boolean (or null) `stream`. A missing or non-JSON content type is accepted when the body parses;
+ * otherwise it is what the client got wrong (415).
  */
 export async function readClientBody(
   request: Request,
