@@ -7,6 +7,11 @@ export interface Candidate {
   model: string;
 }
 
+/** What a client is told, in a request's answer or a model lookup, of a model nothing serves. */
+export function unservedModel(dialect: Dialect, model: string): string {
+  return `No ${dialect.type} provider serves model "${model}"`;
+}
+
 /**
  * The attempt order for a model: providers of the endpoint's type by ascending priority (ties in
  * config order), and for each, the mapping's targets that apply to it, in list order. A model

@@ -2,7 +2,7 @@ import { type Attempt, type AttemptError, fallsBack } from "./attempt.ts";
 import { spliceModel } from "./body.ts";
 import type { Config } from "./config.ts";
 import { type ProviderHealth, RETRY_AFTER_STATUSES, retryAfterMs } from "./health.ts";
-import { type Candidate, candidatesFor } from "./plan.ts";
+import { type Candidate, candidatesFor, unservedModel } from "./plan.ts";
 import type { Dialect, UsageInjection } from "./providers/mod.ts";
 import type { Trace } from "./record.ts";
 import { type PlainHead, readPlainHead, SseRelay } from "./relay.ts";
@@ -108,8 +108,7 @@ export async function forward(
   const { dialect, model, trace } = request;
   const candidates = candidatesFor(config, dialect, model);
   if (candidates.length === 0) {
-    const message = `No ${dialect.type} provider serves model "${model}"`;
-    return reject(request, 404, message, "model_not_found");
+    return reject(request, 404, unservedModel(dialect, model), "model_not_found");
   }
   const coolingUntil = (c: Candidate) => deps.health.coolingUntil(c.provider.name);
   let queue = candidates.filter((c) => coolingUntil(c) === null);

@@ -1,5 +1,5 @@
 import type { Config } from "./config.ts";
-import { planCandidates } from "./plan.ts";
+import { planCandidates, unservedModel } from "./plan.ts";
 import { type Dialect, dialects } from "./providers/mod.ts";
 import { openaiResponses } from "./providers/openai_responses.ts";
 
@@ -50,12 +50,15 @@ export const MODEL_LISTS: Record<string, Dialect> = {
  */
 export function modelPath(path: string): { dialect: Dialect; name: string } | undefined {
   const at = path.indexOf("/models/");
-  const dialect = at === -1 ? undefined : MODEL_LISTS[path.slice(0, at + 7)];
+  if (at === -1) return undefined;
+  const listEnd = at + "/models".length;
+  const dialect = MODEL_LISTS[path.slice(0, listEnd)];
   if (dialect === undefined) return undefined;
+  const raw = path.slice(listEnd + 1);
   try {
-    return { dialect, name: decodeURIComponent(path.slice(at + 8)) };
+    return { dialect, name: decodeURIComponent(raw) };
   } catch {
-    return { dialect, name: path.slice(at + 8) };
+    return { dialect, name: raw };
   }
 }
 
@@ -74,8 +77,8 @@ export function describeModel(config: Config, dialect: Dialect, name: string): R
   if (name !== "" && planCandidates(config, dialect, name).length > 0) {
     return Response.json(dialect.modelEntry(name));
   }
-  const message = `No ${dialect.type} provider serves model "${name}"`;
-  return Response.json(dialect.errorBody(404, message, "model_not_found"), { status: 404 });
+  const body = dialect.errorBody(404, unservedModel(dialect, name), "model_not_found");
+  return Response.json(body, { status: 404 });
 }
 
 /** The API a path belongs to, for errors on paths the router does not serve. */
